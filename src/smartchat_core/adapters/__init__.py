@@ -1,0 +1,1 @@
+"""Backends for the ports.  Each module imports its driver only when used."""

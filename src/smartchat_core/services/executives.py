@@ -1,0 +1,296 @@
+"""Executive presence, strict round-robin assignment, the waiting queue and
+release on offline (the seed's ``executive_service.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+
+import attrs
+
+from .. import _events as events
+from .._errors import ChatResolvedError
+from .._models import Chat, Executive, ExecutiveStatus
+from .._validation import choice, identifier_set, integer, text
+from ..abc import AssignOutcome
+from ._base import Service, logger
+
+_MAX_RING_WALK = 10_000
+_DRAIN_BATCH = 100
+
+
+class ExecutiveService(Service):
+    """Registration, status, the rotation of each customer type, assignment."""
+
+    # ------------------------------------------------------------ registration
+    async def register_executive(
+        self,
+        executive_id: str,
+        *,
+        name: str,
+        customer_types: Collection[str],
+        max_open_chats: int | None = None,
+    ) -> Executive:
+        executive_id = self.executive_id(executive_id)
+        name = text("name", name, max_length=self.settings.max_id_length)
+        types = identifier_set(
+            "customer_types", customer_types, max_length=self.settings.max_id_length
+        )
+        if max_open_chats is not None:
+            max_open_chats = integer("max_open_chats", max_open_chats, minimum=0)
+        before, after = await self.ports.executives.upsert(
+            executive_id, name=name, customer_types=types, max_open_chats=max_open_chats
+        )
+        if before is not None:
+            dropped = before.customer_types - after.customer_types
+            for customer_type in dropped:
+                await self.ports.rotation.remove(customer_type, executive_id)
+            if dropped:
+                for chat in await self.ports.chats.open_chats_of(executive_id):
+                    if chat.customer_type in dropped:
+                        await self._reassign(chat, executive_id)
+            if after.status is ExecutiveStatus.ONLINE:
+                await self._sync_rotation(after)
+                await self.drain_waiting(after.customer_types)
+        return await self.with_counters(after)
+
+    async def get_executive(self, executive_id: str) -> Executive:
+        """One executive with its counters."""
+        executive = await self.load_executive(self.executive_id(executive_id))
+        return await self.with_counters(executive)
+
+    async def list_executives(
+        self, *, customer_type: str | None = None, status: str | ExecutiveStatus | None = None
+    ) -> list[Executive]:
+        """Executives (with counters), optionally of one type and status."""
+        if customer_type is not None:
+            customer_type = self.executive_id(customer_type)
+        wanted = None if status is None else choice("status", status, ExecutiveStatus)
+        found = await self.ports.executives.list(customer_type=customer_type, status=wanted)
+        counters = await self.ports.chats.executive_counters(e.id for e in found)
+        return [
+            attrs.evolve(
+                e,
+                open_chats=counters[e.id].open_chats,
+                awaiting_chats=counters[e.id].awaiting_chats,
+            )
+            for e in found
+        ]
+
+    async def get_online_executives(self, customer_type: str) -> list[Executive]:
+        """Online executives serving ``customer_type`` (the seed's name)."""
+        return await self.list_executives(
+            customer_type=customer_type, status=ExecutiveStatus.ONLINE
+        )
+
+    # ------------------------------------------------------------------ status
+    async def set_executive_status(
+        self, executive_id: str, status: str | ExecutiveStatus
+    ) -> Executive:
+        """Store the status, keep the rotations in step, emit
+        ``executive_status``; online pulls waiting chats, offline releases
+        and reassigns the executive's open chats."""
+        executive_id = self.executive_id(executive_id)
+        wanted = choice("status", status, ExecutiveStatus)
+        change = await self.ports.executives.set_status(executive_id, wanted, now=self.now())
+        if change is None:
+            await self.load_executive(executive_id)  # raises ExecutiveNotFoundError
+            raise AssertionError("unreachable")  # pragma: no cover
+        await self._sync_rotation(change.after)
+        # A concurrent status change may have overtaken ours between the two
+        # writes: re-read and make the rotation follow the latest status.
+        latest = await self.ports.executives.get(executive_id)
+        if latest is not None and latest.status is not change.after.status:
+            await self._sync_rotation(latest)
+        if change.before.status is not change.after.status:
+            await self.publish(
+                events.executive_status(
+                    await self.with_counters(change.after), change.before.status, self.now()
+                )
+            )
+        if wanted is ExecutiveStatus.OFFLINE:
+            await self.release_and_reassign_chats(executive_id)
+        elif wanted is ExecutiveStatus.ONLINE:
+            await self.drain_waiting(change.after.customer_types)
+        return await self.get_executive(executive_id)
+
+    async def set_executive_capacity(
+        self, executive_id: str, max_open_chats: int | None
+    ) -> Executive:
+        """Change ``max_open_chats`` (``None``: unlimited); a larger capacity
+        pulls waiting chats."""
+        executive = await self.load_executive(self.executive_id(executive_id))
+        if max_open_chats is not None:
+            max_open_chats = integer("max_open_chats", max_open_chats, minimum=0)
+        return await self.register_executive(
+            executive.id,
+            name=executive.name,
+            customer_types=executive.customer_types,
+            max_open_chats=max_open_chats,
+        )
+
+    async def heartbeat(self, executive_id: str) -> Executive:
+        """Mark activity without changing anything else (keeps the inactivity
+        monitor away)."""
+        executive_id = self.executive_id(executive_id)
+        touched = await self.ports.executives.touch(executive_id, now=self.now())
+        if touched is None:
+            await self.load_executive(executive_id)
+        return await self.get_executive(executive_id)
+
+    async def _sync_rotation(self, executive: Executive) -> None:
+        for customer_type in sorted(executive.customer_types):
+            if executive.status is ExecutiveStatus.ONLINE:
+                await self.ports.rotation.add(customer_type, executive.id)
+            else:
+                await self.ports.rotation.remove(customer_type, executive.id)
+
+    # --------------------------------------------------------------- assignment
+    async def assign_chat_round_robin(self, chat_id: str) -> Chat:
+        """Assign an unassigned open chat to the next available executive of
+        its customer type; nobody available: it waits in the queue.
+
+        An already assigned chat is returned unchanged.
+        """
+        chat = await self.load_chat(self.chat_id(chat_id))
+        if chat.is_resolved:
+            raise ChatResolvedError(chat.id)
+        if chat.assigned_executive_id is not None:
+            return chat
+        return await self._assign(chat, exclude=frozenset())
+
+    async def _assign(
+        self, chat: Chat, *, exclude: frozenset[str], expected_from: str | None = None
+    ) -> Chat:
+        """Walk the ring of the chat's type once, assigning to the first
+        executive that is online, serves the type and has capacity.
+
+        With ``expected_from`` the chat moves from that executive directly
+        (release); with nobody available it is then put back in the queue.
+        """
+        rotation = self.ports.rotation
+        customer_type = chat.customer_type
+        seen: set[str] = set()
+        rebuilt = False
+        excluded = set(exclude)
+        while len(seen) < _MAX_RING_WALK:
+            candidate = await rotation.next(customer_type)
+            if candidate is None:
+                if rebuilt or not await self._rebuild_rotation(customer_type):
+                    break
+                rebuilt = True
+                continue
+            if candidate in seen:
+                break
+            seen.add(candidate)
+            if candidate in excluded:
+                continue
+            executive = await self.ports.executives.get(candidate)
+            if (
+                executive is None
+                or executive.status is not ExecutiveStatus.ONLINE
+                or customer_type not in executive.customer_types
+            ):
+                await self._drop_stale(customer_type, candidate)
+                continue
+            result = await self.ports.chats.assign(
+                chat.id,
+                candidate,
+                expected_from=expected_from,
+                capacity=executive.max_open_chats,
+                now=self.now(),
+            )
+            if result.outcome is AssignOutcome.AT_CAPACITY:
+                continue
+            if result.outcome is AssignOutcome.CHAT_CHANGED or result.chat is None:
+                return result.chat if result.chat is not None else chat
+            assigned = result.chat
+            # Went away/offline while we assigned?  Its release may have run
+            # before our write: take the chat back from it ourselves.
+            latest = await self.ports.executives.get(candidate)
+            if latest is None or latest.status is not ExecutiveStatus.ONLINE:
+                excluded.add(candidate)
+                return await self._assign(
+                    assigned, exclude=frozenset(excluded), expected_from=candidate
+                )
+            if expected_from is None:
+                await self.publish(events.chat_assigned(assigned, self.now()))
+            else:
+                await self.publish(
+                    events.chat_reassigned(assigned, expected_from, candidate, self.now())
+                )
+            return assigned
+        # Nobody available.
+        if expected_from is None:
+            return chat
+        change = await self.ports.chats.unassign(
+            chat.id, expected_from=expected_from, now=self.now()
+        )
+        if change.changed and change.chat is not None:
+            await self.publish(events.chat_reassigned(change.chat, expected_from, None, self.now()))
+            return change.chat
+        return change.chat if change.chat is not None else chat
+
+    async def _rebuild_rotation(self, customer_type: str) -> bool:
+        """The ring is empty: rebuild it from the executive store (the rotation
+        backend lost its data, or everyone left).  True if it has members now."""
+        online = await self.ports.executives.list(
+            customer_type=customer_type, status=ExecutiveStatus.ONLINE
+        )
+        if not online:
+            return False
+        logger.warning("rebuilding the rotation of %r from the executive store", customer_type)
+        await self.ports.rotation.replace(customer_type, [e.id for e in online])
+        return True
+
+    async def _drop_stale(self, customer_type: str, executive_id: str) -> None:
+        latest = await self.ports.executives.get(executive_id)
+        if (
+            latest is None
+            or latest.status is not ExecutiveStatus.ONLINE
+            or customer_type not in latest.customer_types
+        ):
+            await self.ports.rotation.remove(customer_type, executive_id)
+
+    async def _reassign(self, chat: Chat, from_executive: str) -> Chat:
+        return await self._assign(
+            chat, exclude=frozenset({from_executive}), expected_from=from_executive
+        )
+
+    async def release_and_reassign_chats(self, executive_id: str) -> list[Chat]:
+        """Move each open chat of the executive to another available executive
+        (never back to it), or back to the waiting queue; emits
+        ``chat_reassigned`` for each.  Returns the chats after the move."""
+        executive_id = self.executive_id(executive_id)
+        await self.load_executive(executive_id)
+        moved = []
+        for chat in await self.ports.chats.open_chats_of(executive_id):
+            moved.append(await self._reassign(chat, executive_id))
+        return moved
+
+    async def drain_waiting(self, customer_types: Iterable[str]) -> list[Chat]:
+        """Assign waiting chats of these types, oldest first, while someone
+        is available.  Returns the chats assigned."""
+        assigned: list[Chat] = []
+        for customer_type in sorted(set(customer_types)):
+            assigned.extend(await self._drain_type(customer_type))
+        return assigned
+
+    async def _drain_type(self, customer_type: str) -> Sequence[Chat]:
+        assigned: list[Chat] = []
+        while True:
+            waiting = await self.ports.chats.waiting(customer_type, limit=_DRAIN_BATCH)
+            if not waiting:
+                return assigned
+            progressed = False
+            for chat in waiting:
+                result = await self._assign(chat, exclude=frozenset())
+                if result.assigned_executive_id is not None and result.is_open:
+                    if result.assigned_executive_id != chat.assigned_executive_id:
+                        assigned.append(result)
+                    progressed = True
+                elif result.is_waiting:
+                    return assigned  # nobody available for this type
+                else:
+                    progressed = True  # resolved meanwhile
+            if not progressed:
+                return assigned
