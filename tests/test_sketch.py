@@ -58,7 +58,9 @@ async def test_sketch() -> None:
         assert [c.id for c in page.items] == [chat.id] and page.total == 1
         async with desk.subscribe(rooms={"dashboard"}) as events:
             again = await desk.receive_customer_message(
-                customer_id="+919800000001", customer_name="Ravi", customer_type="retail",
+                customer_id="+919800000001",
+                customer_name="Ravi",
+                customer_type="retail",
                 text="one more thing",
             )
             assert again.id == chat.id and again.assigned_executive_id == "e1"
@@ -80,8 +82,10 @@ def test_sketch_blocking_from_threads() -> None:
         def customer(n: int) -> None:
             try:
                 chat = desk.receive_customer_message(
-                    customer_id=f"+9198000000{n:02d}", customer_name=f"C{n}",
-                    customer_type="retail", text="hi",
+                    customer_id=f"+9198000000{n:02d}",
+                    customer_name=f"C{n}",
+                    customer_type="retail",
+                    text="hi",
                 )
                 chats.append(chat.id)
             except BaseException as exc:  # pragma: no cover - reported below

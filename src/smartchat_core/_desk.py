@@ -76,24 +76,11 @@ class AsyncSmartChat:
             sender: outbound WhatsApp; defaults to logging the messages.
             publisher: defaults to in-process fan-out.
         """
-        from .adapters import memory
+        from .adapters.memory import LoggingSender, SystemClock, memory_ports
 
-        settings = settings or Settings()
-        clock = clock or memory.SystemClock()
+        clock = clock or SystemClock()
         return cls(
-            Ports(
-                settings=settings,
-                clock=clock,
-                chats=memory.MemoryChatStore(awaiting_tag=settings.awaiting_tag),
-                executives=memory.MemoryExecutiveStore(),
-                rotation=memory.MemoryRotation(),
-                dedup=memory.MemoryAlertDedup(clock),
-                lock=memory.MemoryLock(clock),
-                publisher=publisher or memory.MemoryEventPublisher(),
-                sender=sender or memory.LoggingSender(),
-                ratings=memory.MemoryRatingStore(),
-                resolutions=memory.MemoryResolutionLog(),
-            )
+            memory_ports(settings or Settings(), clock, sender or LoggingSender(), publisher)
         )
 
     # ----------------------------------------------------------------- lifecycle

@@ -40,6 +40,7 @@ from .._models import (
     ResolutionEntry,
     TypeCounters,
 )
+from .._settings import Settings
 from ..abc import (
     AlertDedup,
     AssignOutcome,
@@ -57,9 +58,11 @@ from ..abc import (
     Rotation,
     StatusChange,
 )
+from ..services._base import Ports
 
 __all__ = [
     "LoggingSender",
+    "memory_ports",
     "MemoryAlertDedup",
     "MemoryChatStore",
     "MemoryEventPublisher",
@@ -684,3 +687,25 @@ class MemoryResolutionLog(ResolutionLog):
             and (executive_id is None or e.executive_id == executive_id)
         ]
         return selected[:limit]
+
+
+def memory_ports(
+    settings: Settings,
+    clock: Clock,
+    sender: MessageSender,
+    publisher: EventPublisher | None = None,
+) -> Ports:
+    """Ports on the in-memory adapters."""
+    return Ports(
+        settings=settings,
+        clock=clock,
+        chats=MemoryChatStore(awaiting_tag=settings.awaiting_tag),
+        executives=MemoryExecutiveStore(),
+        rotation=MemoryRotation(),
+        dedup=MemoryAlertDedup(clock),
+        lock=MemoryLock(clock),
+        publisher=publisher or MemoryEventPublisher(),
+        sender=sender,
+        ratings=MemoryRatingStore(),
+        resolutions=MemoryResolutionLog(),
+    )
