@@ -5,6 +5,7 @@ automatic awaiting tag), resolution and ratings, chat listing, live events and
 background monitors, over ports with in-memory, MongoDB and Redis adapters.
 """
 
+from ._auth import SYSTEM, Actor, Role
 from ._desk import AsyncSmartChat
 from ._errors import (
     AlreadyRatedError,
@@ -18,6 +19,7 @@ from ._errors import (
     InvalidInputError,
     NotAssigneeError,
     NotFoundError,
+    PermissionDeniedError,
     SmartChatError,
 )
 from ._events import DASHBOARD, EVENT_NAMES, Event, chat_room, executive_room
@@ -44,9 +46,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DASHBOARD",
+    "SYSTEM",
     "EVENT_NAMES",
     "SEED_SLA_TIERS",
     "UNASSIGNED",
+    "Actor",
     "AlreadyRatedError",
     "AsyncSmartChat",
     "BackendError",
@@ -69,9 +73,11 @@ __all__ = [
     "InvalidInputError",
     "NotAssigneeError",
     "NotFoundError",
+    "PermissionDeniedError",
     "Ports",
     "Rating",
     "ResolutionEntry",
+    "Role",
     "Settings",
     "SlaAlert",
     "SlaTier",

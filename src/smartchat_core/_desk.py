@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import TracebackType
 
-from ._events import Event
+from ._auth import SYSTEM, Actor
+from ._errors import PermissionDeniedError
+from ._events import Event, executive_room
 from ._models import (
     Chat,
     ChatPage,
@@ -31,6 +33,7 @@ from .services import (
     SlaService,
     TaggingService,
 )
+from .services.authorization import Authorizer
 from .services.listing import DashboardCounters
 
 __all__ = ["AsyncSmartChat"]
@@ -57,6 +60,7 @@ class AsyncSmartChat:
         self._resolution = ResolutionService(self._executives)
         self._listing = ListingService(ports)
         self._monitors = MonitorService(self._executives, self._sla, self._tagging)
+        self._auth = Authorizer(ports)
         self._exit_stack: AsyncExitStack | None = None
 
     @classmethod
@@ -114,6 +118,7 @@ class AsyncSmartChat:
         name: str,
         customer_types: Collection[str],
         max_open_chats: int | None = None,
+        actor: Actor = SYSTEM,
     ) -> Executive:
         """Create an executive (offline) or update its profile.
 
@@ -123,6 +128,7 @@ class AsyncSmartChat:
             customer_types: the customer types it serves (non-empty).
             max_open_chats: capacity; ``None`` is unlimited.
         """
+        self._auth.require_privileged(actor, "register executives")
         return await self._executives.register_executive(
             executive_id, name=name, customer_types=customer_types, max_open_chats=max_open_chats
         )
@@ -138,42 +144,56 @@ class AsyncSmartChat:
         return await self._executives.list_executives(customer_type=customer_type, status=status)
 
     async def set_executive_status(
-        self, executive_id: str, status: str | ExecutiveStatus
+        self, executive_id: str, status: str | ExecutiveStatus, *, actor: Actor = SYSTEM
     ) -> Executive:
         """``online`` (gets new chats, pulls waiting ones), ``away`` (keeps its
         chats, gets no new ones) or ``offline`` (its chats are reassigned).
         Emits ``executive_status``."""
+        self._auth.require_self(actor, executive_id, "set the status")
         return await self._executives.set_executive_status(executive_id, status)
 
     async def set_executive_capacity(
-        self, executive_id: str, max_open_chats: int | None
+        self, executive_id: str, max_open_chats: int | None, *, actor: Actor = SYSTEM
     ) -> Executive:
         """Change ``max_open_chats``; more room pulls waiting chats."""
+        self._auth.require_privileged(actor, "change capacities")
         return await self._executives.set_executive_capacity(executive_id, max_open_chats)
 
-    async def heartbeat(self, executive_id: str) -> Executive:
+    async def heartbeat(self, executive_id: str, *, actor: Actor = SYSTEM) -> Executive:
         """Mark the executive active (e.g. on each dashboard ping)."""
+        self._auth.require_self(actor, executive_id, "send heartbeats")
         return await self._executives.heartbeat(executive_id)
 
     async def get_online_executives(self, customer_type: str) -> list[Executive]:
         """Online executives serving ``customer_type``."""
         return await self._executives.get_online_executives(customer_type)
 
-    async def assign_chat_round_robin(self, chat_id: str) -> Chat:
+    async def assign_chat_round_robin(self, chat_id: str, *, actor: Actor = SYSTEM) -> Chat:
         """Assign a waiting chat to the next available executive of its type
         (strict rotation, capacity respected); nobody: it keeps waiting."""
+        self._auth.require_privileged(actor, "assign chats")
         return await self._executives.assign_chat_round_robin(chat_id)
 
-    async def release_and_reassign_chats(self, executive_id: str) -> list[Chat]:
+    async def release_and_reassign_chats(
+        self, executive_id: str, *, actor: Actor = SYSTEM
+    ) -> list[Chat]:
         """Move the executive's open chats to others (never back to it)."""
+        self._auth.require_privileged(actor, "release chats")
         return await self._executives.release_and_reassign_chats(executive_id)
 
     # ----------------------------------------------------------------- messages
     async def receive_customer_message(
-        self, *, customer_id: str, customer_name: str, customer_type: str, text: str
+        self,
+        *,
+        customer_id: str,
+        customer_name: str,
+        customer_type: str,
+        text: str,
+        actor: Actor = SYSTEM,
     ) -> Chat:
         """A customer wrote (e.g. from the WhatsApp webhook): creates or reopens
         the chat, removes the awaiting tag, assigns it if unassigned."""
+        self._auth.require_privileged(actor, "post customer messages")
         return await self._intake.receive_customer_message(
             customer_id=customer_id,
             customer_name=customer_name,
@@ -182,35 +202,73 @@ class AsyncSmartChat:
         )
 
     async def send_executive_message(
-        self, chat_id: str, *, executive_id: str, text: str, send: bool = True
+        self,
+        chat_id: str,
+        *,
+        executive_id: str,
+        text: str,
+        send: bool = True,
+        actor: Actor = SYSTEM,
     ) -> Chat:
         """The assigned executive replies; sent through the message sender
         unless ``send=False``."""
+        await self._auth.require_chat(actor, chat_id, "reply to")
+        self._auth.require_self(actor, executive_id, "reply")
         return await self._intake.send_executive_message(
             chat_id, executive_id=executive_id, text=text, send=send
         )
 
     # --------------------------------------------------------------------- tags
-    async def apply_tag(self, chat_id: str, tag: str) -> Chat:
+    async def apply_tag(self, chat_id: str, tag: str, *, actor: Actor = SYSTEM) -> Chat:
         """Add a tag (idempotent); emits ``tag_updated`` if it was new."""
+        await self._auth.require_chat(actor, chat_id, "tag")
         return await self._tagging.apply_tag(chat_id, tag)
 
-    async def remove_tag(self, chat_id: str, tag: str) -> Chat:
+    async def remove_tag(self, chat_id: str, tag: str, *, actor: Actor = SYSTEM) -> Chat:
         """Remove a tag (idempotent); emits ``tag_updated`` if it was there."""
+        await self._auth.require_chat(actor, chat_id, "untag")
         return await self._tagging.remove_tag(chat_id, tag)
 
     # --------------------------------------------------------------- resolution
-    async def resolve_chat(self, chat_id: str, *, executive_id: str | None = None) -> Chat:
+    async def resolve_chat(
+        self, chat_id: str, *, executive_id: str | None = None, actor: Actor = SYSTEM
+    ) -> Chat:
         """Resolve a chat (idempotent).  See :class:`ResolutionService`."""
+        await self._auth.require_chat(actor, chat_id, "resolve")
+        if actor.is_executive:
+            self._auth.require_self(actor, executive_id or str(actor.id), "resolve")
+            executive_id = actor.id
         return await self._resolution.resolve_chat(chat_id, executive_id=executive_id)
 
-    async def rate_chat(self, chat_id: str, *, score: int, comment: str | None = None) -> Rating:
-        """Rate the latest resolution of a resolved chat, 1 to 5, once."""
-        return await self._resolution.rate_chat(chat_id, score=score, comment=comment)
+    async def rate_chat(
+        self,
+        chat_id: str,
+        *,
+        score: int,
+        comment: str | None = None,
+        token: str | None = None,
+        actor: Actor = SYSTEM,
+    ) -> Rating:
+        """Rate the latest resolution of a resolved chat, 1 to 5, once.
+
+        ``token``: the signed rating token the resolution message carried
+        (:meth:`rating_token`); when given it must match.  Hosts exposing a
+        rating endpoint to customers pass it always.  Executives may not rate.
+        """
+        self._auth.require_privileged(actor, "rate chats")
+        return await self._resolution.rate_chat(chat_id, score=score, comment=comment, token=token)
+
+    async def rating_token(self, chat_id: str, *, actor: Actor = SYSTEM) -> str:
+        """The signed token for rating the chat's latest resolution (needs
+        ``Settings.rating_secret``); the resolution message can carry it as
+        ``{rating_token}``."""
+        self._auth.require_privileged(actor, "issue rating tokens")
+        return self._resolution.rating_token(await self._listing.get_chat(chat_id))
 
     # ------------------------------------------------------------------ listing
-    async def get_chat(self, chat_id: str) -> Chat:
+    async def get_chat(self, chat_id: str, *, actor: Actor = SYSTEM) -> Chat:
         """One chat by id."""
+        await self._auth.require_chat(actor, chat_id, "read")
         return await self._listing.get_chat(chat_id)
 
     async def fetch_all_chats(
@@ -224,9 +282,11 @@ class AsyncSmartChat:
         assigned_executive_id: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        actor: Actor = SYSTEM,
     ) -> ChatPage:
         """List chats, latest activity first; see
         :meth:`ListingService.fetch_all_chats` for the filters."""
+        assigned_executive_id = self._auth.listing_scope(actor, assigned_executive_id)
         return await self._listing.fetch_all_chats(
             status=status,
             customer_type=customer_type,
@@ -242,33 +302,46 @@ class AsyncSmartChat:
         """Open, unassigned and awaiting chats per customer type."""
         return await self._listing.get_counters()
 
-    async def recount(self) -> DashboardCounters:
+    async def recount(self, *, actor: Actor = SYSTEM) -> DashboardCounters:
         """Rebuild every counter from the chats."""
+        self._auth.require_privileged(actor, "recount")
         return await self._listing.recount()
 
-    async def get_ratings(self, chat_id: str) -> Sequence[Rating]:
+    async def get_ratings(self, chat_id: str, *, actor: Actor = SYSTEM) -> Sequence[Rating]:
         """Ratings of a chat, oldest first."""
+        await self._auth.require_chat(actor, chat_id, "read the ratings of")
         return await self._listing.get_ratings(chat_id)
 
     async def get_resolutions(
-        self, *, chat_id: str | None = None, executive_id: str | None = None, limit: int = 100
+        self,
+        *,
+        chat_id: str | None = None,
+        executive_id: str | None = None,
+        limit: int = 100,
+        actor: Actor = SYSTEM,
     ) -> Sequence[ResolutionEntry]:
         """The resolve log, newest first."""
+        if actor.is_executive:
+            self._auth.require_self(actor, executive_id or str(actor.id), "read the resolve log")
+            executive_id = actor.id
         return await self._listing.get_resolutions(
             chat_id=chat_id, executive_id=executive_id, limit=limit
         )
 
     # ----------------------------------------------------------------- monitors
-    async def run_sla_check(self) -> list[SlaAlert]:
+    async def run_sla_check(self, *, actor: Actor = SYSTEM) -> list[SlaAlert]:
         """Send the SLA alerts due now.  The SLA monitor calls this."""
+        self._auth.require_privileged(actor, "run monitors")
         return await self._sla.run_sla_check()
 
-    async def run_awaiting_check(self) -> list[Chat]:
+    async def run_awaiting_check(self, *, actor: Actor = SYSTEM) -> list[Chat]:
         """Tag awaiting the chats due now.  The awaiting tagger calls this."""
+        self._auth.require_privileged(actor, "run monitors")
         return await self._tagging.run_awaiting_check()
 
-    async def run_inactivity_check(self) -> list[Executive]:
+    async def run_inactivity_check(self, *, actor: Actor = SYSTEM) -> list[Executive]:
         """Take inactive executives offline.  The inactivity monitor calls this."""
+        self._auth.require_privileged(actor, "run monitors")
         return await self._monitors.run_inactivity_check()
 
     async def run_monitors(self) -> None:
@@ -283,7 +356,7 @@ class AsyncSmartChat:
 
     # ------------------------------------------------------------------- events
     def subscribe(
-        self, rooms: Iterable[str] = ("dashboard",)
+        self, rooms: Iterable[str] = ("dashboard",), *, actor: Actor = SYSTEM
     ) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
         """Events for any of ``rooms`` (``dashboard``, ``executive:{id}``,
         ``chat:{id}``), from now until the context exits::
@@ -291,8 +364,13 @@ class AsyncSmartChat:
             async with desk.subscribe(rooms={"dashboard"}) as events:
                 async for event in events:
                     print(event.name, event.payload)
+
+        An executive may subscribe only to its own room, which receives every
+        event about the chats assigned to it.
         """
         if isinstance(rooms, str):
             rooms = (rooms,)
         checked = [text("rooms", room, max_length=256) for room in rooms]
+        if actor.is_executive and set(checked) - {executive_room(str(actor.id))}:
+            raise PermissionDeniedError("an executive may subscribe only to its own room")
         return self.ports.publisher.subscribe(checked)

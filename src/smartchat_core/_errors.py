@@ -20,6 +20,7 @@ __all__ = [
     "InvalidInputError",
     "NotAssigneeError",
     "NotFoundError",
+    "PermissionDeniedError",
     "SmartChatError",
 ]
 
@@ -97,6 +98,10 @@ class NotAssigneeError(ConflictError):
         super().__init__(f"chat {chat_id!r} is not assigned to executive {executive_id!r}")
         self.chat_id = chat_id
         self.executive_id = executive_id
+
+
+class PermissionDeniedError(SmartChatError, PermissionError):
+    """The actor may not perform this operation (see :class:`Actor`)."""
 
 
 class BackendError(SmartChatError):

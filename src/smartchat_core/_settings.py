@@ -85,7 +85,11 @@ class Settings:
     resolution_message: str | None = (
         "Your chat has been resolved. Please rate our support from 1 to 5 by replying."
     )
-    """Sent to the customer on resolve; ``None`` sends nothing."""
+    """Sent to the customer on resolve; ``None`` sends nothing.  Fields:
+    ``{chat_id}``, ``{customer_name}``, and ``{rating_token}`` (empty without
+    a ``rating_secret``) — e.g. a link to your rating page."""
+    rating_secret: str | None = attrs.field(default=None, repr=False)
+    """Key of the signed rating tokens; ``None`` disables them."""
     max_tag_length: int = 64
     max_id_length: int = 128
     max_text_length: int = 4096

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ._auth import SYSTEM, Actor
 from ._desk import AsyncSmartChat
 from ._events import Event
 from ._models import (
@@ -153,9 +154,12 @@ class SmartChat:
 
     # ---------------------------------------------------------------- events
     @contextmanager
-    def subscribe(self, rooms: Iterable[str] = ("dashboard",)) -> Iterator[SyncSubscription]:
+    def subscribe(
+        self, rooms: Iterable[str] = ("dashboard",), *, actor: Actor = SYSTEM
+    ) -> Iterator[SyncSubscription]:
         """Blocking subscription: ``for event in events`` or ``events.get(timeout)``."""
-        with self.portal.wrap_async_context_manager(self.desk.subscribe(rooms)) as events:
+        subscription = self.desk.subscribe(rooms, actor=actor)
+        with self.portal.wrap_async_context_manager(subscription) as events:
             yield SyncSubscription(self.portal, events)
 
     # ------------------------------------------------------------ operations
@@ -166,6 +170,7 @@ class SmartChat:
         name: str,
         customer_types: Collection[str],
         max_open_chats: int | None = None,
+        actor: Actor = SYSTEM,
     ) -> Executive:
         """See :meth:`AsyncSmartChat.register_executive`."""
         return self._run(
@@ -174,6 +179,7 @@ class SmartChat:
             name=name,
             customer_types=customer_types,
             max_open_chats=max_open_chats,
+            actor=actor,
         )
 
     def get_executive(self, executive_id: str) -> Executive:
@@ -186,32 +192,44 @@ class SmartChat:
         """See :meth:`AsyncSmartChat.list_executives`."""
         return self._run(self.desk.list_executives, customer_type=customer_type, status=status)
 
-    def set_executive_status(self, executive_id: str, status: str | ExecutiveStatus) -> Executive:
+    def set_executive_status(
+        self, executive_id: str, status: str | ExecutiveStatus, *, actor: Actor = SYSTEM
+    ) -> Executive:
         """See :meth:`AsyncSmartChat.set_executive_status`."""
-        return self._run(self.desk.set_executive_status, executive_id, status)
+        return self._run(self.desk.set_executive_status, executive_id, status, actor=actor)
 
-    def set_executive_capacity(self, executive_id: str, max_open_chats: int | None) -> Executive:
+    def set_executive_capacity(
+        self, executive_id: str, max_open_chats: int | None, *, actor: Actor = SYSTEM
+    ) -> Executive:
         """See :meth:`AsyncSmartChat.set_executive_capacity`."""
-        return self._run(self.desk.set_executive_capacity, executive_id, max_open_chats)
+        return self._run(
+            self.desk.set_executive_capacity, executive_id, max_open_chats, actor=actor
+        )
 
-    def heartbeat(self, executive_id: str) -> Executive:
+    def heartbeat(self, executive_id: str, *, actor: Actor = SYSTEM) -> Executive:
         """See :meth:`AsyncSmartChat.heartbeat`."""
-        return self._run(self.desk.heartbeat, executive_id)
+        return self._run(self.desk.heartbeat, executive_id, actor=actor)
 
     def get_online_executives(self, customer_type: str) -> list[Executive]:
         """See :meth:`AsyncSmartChat.get_online_executives`."""
         return self._run(self.desk.get_online_executives, customer_type)
 
-    def assign_chat_round_robin(self, chat_id: str) -> Chat:
+    def assign_chat_round_robin(self, chat_id: str, *, actor: Actor = SYSTEM) -> Chat:
         """See :meth:`AsyncSmartChat.assign_chat_round_robin`."""
-        return self._run(self.desk.assign_chat_round_robin, chat_id)
+        return self._run(self.desk.assign_chat_round_robin, chat_id, actor=actor)
 
-    def release_and_reassign_chats(self, executive_id: str) -> list[Chat]:
+    def release_and_reassign_chats(self, executive_id: str, *, actor: Actor = SYSTEM) -> list[Chat]:
         """See :meth:`AsyncSmartChat.release_and_reassign_chats`."""
-        return self._run(self.desk.release_and_reassign_chats, executive_id)
+        return self._run(self.desk.release_and_reassign_chats, executive_id, actor=actor)
 
     def receive_customer_message(
-        self, *, customer_id: str, customer_name: str, customer_type: str, text: str
+        self,
+        *,
+        customer_id: str,
+        customer_name: str,
+        customer_type: str,
+        text: str,
+        actor: Actor = SYSTEM,
     ) -> Chat:
         """See :meth:`AsyncSmartChat.receive_customer_message`."""
         return self._run(
@@ -220,10 +238,17 @@ class SmartChat:
             customer_name=customer_name,
             customer_type=customer_type,
             text=text,
+            actor=actor,
         )
 
     def send_executive_message(
-        self, chat_id: str, *, executive_id: str, text: str, send: bool = True
+        self,
+        chat_id: str,
+        *,
+        executive_id: str,
+        text: str,
+        send: bool = True,
+        actor: Actor = SYSTEM,
     ) -> Chat:
         """See :meth:`AsyncSmartChat.send_executive_message`."""
         return self._run(
@@ -232,27 +257,44 @@ class SmartChat:
             executive_id=executive_id,
             text=text,
             send=send,
+            actor=actor,
         )
 
-    def apply_tag(self, chat_id: str, tag: str) -> Chat:
+    def apply_tag(self, chat_id: str, tag: str, *, actor: Actor = SYSTEM) -> Chat:
         """See :meth:`AsyncSmartChat.apply_tag`."""
-        return self._run(self.desk.apply_tag, chat_id, tag)
+        return self._run(self.desk.apply_tag, chat_id, tag, actor=actor)
 
-    def remove_tag(self, chat_id: str, tag: str) -> Chat:
+    def remove_tag(self, chat_id: str, tag: str, *, actor: Actor = SYSTEM) -> Chat:
         """See :meth:`AsyncSmartChat.remove_tag`."""
-        return self._run(self.desk.remove_tag, chat_id, tag)
+        return self._run(self.desk.remove_tag, chat_id, tag, actor=actor)
 
-    def resolve_chat(self, chat_id: str, *, executive_id: str | None = None) -> Chat:
+    def resolve_chat(
+        self, chat_id: str, *, executive_id: str | None = None, actor: Actor = SYSTEM
+    ) -> Chat:
         """See :meth:`AsyncSmartChat.resolve_chat`."""
-        return self._run(self.desk.resolve_chat, chat_id, executive_id=executive_id)
+        return self._run(self.desk.resolve_chat, chat_id, executive_id=executive_id, actor=actor)
 
-    def rate_chat(self, chat_id: str, *, score: int, comment: str | None = None) -> Rating:
+    def rate_chat(
+        self,
+        chat_id: str,
+        *,
+        score: int,
+        comment: str | None = None,
+        token: str | None = None,
+        actor: Actor = SYSTEM,
+    ) -> Rating:
         """See :meth:`AsyncSmartChat.rate_chat`."""
-        return self._run(self.desk.rate_chat, chat_id, score=score, comment=comment)
+        return self._run(
+            self.desk.rate_chat, chat_id, score=score, comment=comment, token=token, actor=actor
+        )
 
-    def get_chat(self, chat_id: str) -> Chat:
+    def rating_token(self, chat_id: str, *, actor: Actor = SYSTEM) -> str:
+        """See :meth:`AsyncSmartChat.rating_token`."""
+        return self._run(self.desk.rating_token, chat_id, actor=actor)
+
+    def get_chat(self, chat_id: str, *, actor: Actor = SYSTEM) -> Chat:
         """See :meth:`AsyncSmartChat.get_chat`."""
-        return self._run(self.desk.get_chat, chat_id)
+        return self._run(self.desk.get_chat, chat_id, actor=actor)
 
     def fetch_all_chats(
         self,
@@ -265,6 +307,7 @@ class SmartChat:
         assigned_executive_id: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        actor: Actor = SYSTEM,
     ) -> ChatPage:
         """See :meth:`AsyncSmartChat.fetch_all_chats`."""
         return self._run(
@@ -277,36 +320,46 @@ class SmartChat:
             assigned_executive_id=assigned_executive_id,
             limit=limit,
             offset=offset,
+            actor=actor,
         )
 
     def get_counters(self) -> DashboardCounters:
         """See :meth:`AsyncSmartChat.get_counters`."""
         return self._run(self.desk.get_counters)
 
-    def recount(self) -> DashboardCounters:
+    def recount(self, *, actor: Actor = SYSTEM) -> DashboardCounters:
         """See :meth:`AsyncSmartChat.recount`."""
-        return self._run(self.desk.recount)
+        return self._run(self.desk.recount, actor=actor)
 
-    def get_ratings(self, chat_id: str) -> Sequence[Rating]:
+    def get_ratings(self, chat_id: str, *, actor: Actor = SYSTEM) -> Sequence[Rating]:
         """See :meth:`AsyncSmartChat.get_ratings`."""
-        return self._run(self.desk.get_ratings, chat_id)
+        return self._run(self.desk.get_ratings, chat_id, actor=actor)
 
     def get_resolutions(
-        self, *, chat_id: str | None = None, executive_id: str | None = None, limit: int = 100
+        self,
+        *,
+        chat_id: str | None = None,
+        executive_id: str | None = None,
+        limit: int = 100,
+        actor: Actor = SYSTEM,
     ) -> Sequence[ResolutionEntry]:
         """See :meth:`AsyncSmartChat.get_resolutions`."""
         return self._run(
-            self.desk.get_resolutions, chat_id=chat_id, executive_id=executive_id, limit=limit
+            self.desk.get_resolutions,
+            chat_id=chat_id,
+            executive_id=executive_id,
+            limit=limit,
+            actor=actor,
         )
 
-    def run_sla_check(self) -> list[SlaAlert]:
+    def run_sla_check(self, *, actor: Actor = SYSTEM) -> list[SlaAlert]:
         """See :meth:`AsyncSmartChat.run_sla_check`."""
-        return self._run(self.desk.run_sla_check)
+        return self._run(self.desk.run_sla_check, actor=actor)
 
-    def run_awaiting_check(self) -> list[Chat]:
+    def run_awaiting_check(self, *, actor: Actor = SYSTEM) -> list[Chat]:
         """See :meth:`AsyncSmartChat.run_awaiting_check`."""
-        return self._run(self.desk.run_awaiting_check)
+        return self._run(self.desk.run_awaiting_check, actor=actor)
 
-    def run_inactivity_check(self) -> list[Executive]:
+    def run_inactivity_check(self, *, actor: Actor = SYSTEM) -> list[Executive]:
         """See :meth:`AsyncSmartChat.run_inactivity_check`."""
-        return self._run(self.desk.run_inactivity_check)
+        return self._run(self.desk.run_inactivity_check, actor=actor)

@@ -4,11 +4,14 @@ asked for its own module)."""
 from __future__ import annotations
 
 from .. import _events as events
+from .._auth import sign_rating, verify_rating
 from .._errors import (
     AlreadyRatedError,
     ChatNotResolvedError,
     DeliveryError,
+    InvalidInputError,
     NotAssigneeError,
+    PermissionDeniedError,
 )
 from .._models import Chat, Rating, ResolutionEntry
 from .._validation import integer, text
@@ -61,7 +64,7 @@ class ResolutionService(Service):
         if self.settings.resolution_message:
             try:
                 await self.ports.sender.send_text(
-                    resolved.customer_id, self.settings.resolution_message
+                    resolved.customer_id, self.resolution_text(resolved)
                 )
             except DeliveryError:
                 logger.exception("resolution message for chat %s not delivered", chat_id)
@@ -73,9 +76,37 @@ class ResolutionService(Service):
                 await self.executives.drain_waiting(holder_executive.customer_types)
         return resolved
 
-    async def rate_chat(self, chat_id: str, *, score: int, comment: str | None = None) -> Rating:
+    def rating_token(self, chat: Chat) -> str:
+        """The signed token that lets the customer rate this resolution."""
+        secret = self.settings.rating_secret
+        if not secret:
+            raise InvalidInputError("rating_secret", "is not configured in Settings")
+        if chat.resolved_at is None:
+            raise ChatNotResolvedError(chat.id)
+        return sign_rating(secret, chat.id, chat.resolved_at)
+
+    def resolution_text(self, chat: Chat) -> str:
+        template = self.settings.resolution_message or ""
+        token = self.rating_token(chat) if self.settings.rating_secret else ""
+        return template.format(
+            chat_id=chat.id, customer_name=chat.customer_name, rating_token=token
+        )
+
+    async def rate_chat(
+        self,
+        chat_id: str,
+        *,
+        score: int,
+        comment: str | None = None,
+        token: str | None = None,
+        require_token: bool = False,
+    ) -> Rating:
         """Store the customer's rating (1-5) of the chat's latest resolution;
-        once per resolution.  Emits ``chat_rated``."""
+        once per resolution.  Emits ``chat_rated``.
+
+        With ``require_token`` (customers rating through a link), ``token``
+        must be the chat's signed rating token for its latest resolution.
+        """
         chat_id = self.chat_id(chat_id)
         score = integer("score", score, minimum=1, maximum=5)
         if comment is not None:
@@ -88,9 +119,19 @@ class ResolutionService(Service):
                 )
                 or None
             )
+        if token is not None and not isinstance(token, str):
+            raise InvalidInputError("token", "must be a string")
         chat = await self.load_chat(chat_id)
         if not chat.is_resolved or chat.resolved_at is None:
             raise ChatNotResolvedError(chat_id)
+        if require_token or token is not None:
+            secret = self.settings.rating_secret
+            if (
+                not secret
+                or token is None
+                or not verify_rating(secret, chat_id, chat.resolved_at, token)
+            ):
+                raise PermissionDeniedError("invalid or expired rating token")
         now = self.now()
         rating = Rating(
             chat_id=chat_id,

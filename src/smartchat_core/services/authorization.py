@@ -1,0 +1,39 @@
+"""The authorisation rule of :class:`~smartchat_core.Actor`, applied by the
+facade before every operation (see :mod:`smartchat_core._auth`)."""
+
+from __future__ import annotations
+
+from .._auth import Actor
+from .._errors import PermissionDeniedError
+from .._models import Chat
+from ._base import Service
+
+
+class Authorizer(Service):
+    def require_privileged(self, actor: Actor, operation: str) -> None:
+        """Supervisors and the system only."""
+        if not actor.is_privileged:
+            raise PermissionDeniedError(f"an executive may not {operation}")
+
+    def require_self(self, actor: Actor, executive_id: str, operation: str) -> None:
+        """An executive acts on itself only."""
+        if actor.is_executive and actor.id != executive_id:
+            raise PermissionDeniedError(f"an executive may {operation} only for itself")
+
+    async def require_chat(self, actor: Actor, chat_id: str, operation: str) -> Chat | None:
+        """An executive acts only on chats assigned to it.  Returns the chat it
+        read (``None`` for privileged actors, who need no read)."""
+        if actor.is_privileged:
+            return None
+        chat = await self.load_chat(self.chat_id(chat_id))
+        if chat.assigned_executive_id != actor.id:
+            raise PermissionDeniedError(f"an executive may {operation} only chats assigned to it")
+        return chat
+
+    def listing_scope(self, actor: Actor, assigned_executive_id: str | None) -> str | None:
+        """Executives see "My chats": the filter is forced to themselves."""
+        if actor.is_privileged:
+            return assigned_executive_id
+        if assigned_executive_id not in (None, actor.id):
+            raise PermissionDeniedError("an executive sees only its own chats")
+        return actor.id
