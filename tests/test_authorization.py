@@ -101,8 +101,12 @@ async def test_rating_needs_the_signed_token(desk: AsyncSmartChat) -> None:
         await desk.rate_chat(chat_id, score=5, token="forged")
     with pytest.raises(PermissionDeniedError):
         await desk.rate_chat(chat_id, score=5, token=token, actor=E1)
+    with pytest.raises(PermissionDeniedError):  # a customer needs the token
+        await desk.rate_chat(chat_id, score=5, actor=Actor.customer())
+    with pytest.raises(PermissionDeniedError):
+        await desk.get_chat(chat_id, actor=Actor.customer())
     assert await desk.get_ratings(chat_id) == []
-    rating = await desk.rate_chat(chat_id, score=4, token=token)
+    rating = await desk.rate_chat(chat_id, score=4, token=token, actor=Actor.customer("+1"))
     assert rating.score == 4
     with pytest.raises(AlreadyRatedError):
         await desk.rate_chat(chat_id, score=5, token=token)

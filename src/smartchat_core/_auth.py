@@ -11,8 +11,11 @@ every host:
   and resolve only chats assigned to it; it may change its own status and
   send its own heartbeats; it may not register executives, change
   capacities, assign or release chats, recount, or rate.
-* A **customer** rates a chat through the signed token the resolution message
-  carries (:meth:`AsyncSmartChat.rating_token`), so nobody else can rate it.
+* A **customer** (:meth:`Actor.customer`) may only rate, and only with the
+  signed token the resolution message carries
+  (:meth:`AsyncSmartChat.rating_token`), so nobody else can rate the chat.
+  Customer-facing rating endpoints pass this actor; the token is then
+  required.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Role(str, enum.Enum):
     SYSTEM = "system"
     SUPERVISOR = "supervisor"
     EXECUTIVE = "executive"
+    CUSTOMER = "customer"
 
 
 @attrs.frozen
@@ -51,14 +55,23 @@ class Actor:
         """A supervisor (may do everything)."""
         return cls(Role.SUPERVISOR, supervisor_id)
 
+    @classmethod
+    def customer(cls, customer_id: str | None = None) -> Actor:
+        """A customer: may only rate, with the signed rating token."""
+        return cls(Role.CUSTOMER, customer_id)
+
     @property
     def is_executive(self) -> bool:
         return self.role is Role.EXECUTIVE
 
     @property
+    def is_customer(self) -> bool:
+        return self.role is Role.CUSTOMER
+
+    @property
     def is_privileged(self) -> bool:
         """System or supervisor."""
-        return self.role is not Role.EXECUTIVE
+        return self.role in (Role.SYSTEM, Role.SUPERVISOR)
 
 
 SYSTEM = Actor(Role.SYSTEM)

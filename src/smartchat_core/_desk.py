@@ -252,11 +252,15 @@ class AsyncSmartChat:
         """Rate the latest resolution of a resolved chat, 1 to 5, once.
 
         ``token``: the signed rating token the resolution message carried
-        (:meth:`rating_token`); when given it must match.  Hosts exposing a
-        rating endpoint to customers pass it always.  Executives may not rate.
+        (:meth:`rating_token`); when given it must match.  With
+        ``actor=Actor.customer()`` (customer-facing rating endpoints) it is
+        required.  Executives may not rate.
         """
-        self._auth.require_privileged(actor, "rate chats")
-        return await self._resolution.rate_chat(chat_id, score=score, comment=comment, token=token)
+        if not actor.is_customer:
+            self._auth.require_privileged(actor, "rate chats")
+        return await self._resolution.rate_chat(
+            chat_id, score=score, comment=comment, token=token, require_token=actor.is_customer
+        )
 
     async def rating_token(self, chat_id: str, *, actor: Actor = SYSTEM) -> str:
         """The signed token for rating the chat's latest resolution (needs
@@ -371,6 +375,8 @@ class AsyncSmartChat:
         if isinstance(rooms, str):
             rooms = (rooms,)
         checked = [text("rooms", room, max_length=256) for room in rooms]
-        if actor.is_executive and set(checked) - {executive_room(str(actor.id))}:
+        if actor.is_customer or (
+            actor.is_executive and set(checked) - {executive_room(str(actor.id))}
+        ):
             raise PermissionDeniedError("an executive may subscribe only to its own room")
         return self.ports.publisher.subscribe(checked)

@@ -13,10 +13,12 @@ class Authorizer(Service):
     def require_privileged(self, actor: Actor, operation: str) -> None:
         """Supervisors and the system only."""
         if not actor.is_privileged:
-            raise PermissionDeniedError(f"an executive may not {operation}")
+            raise PermissionDeniedError(f"{_who(actor)} may not {operation}")
 
     def require_self(self, actor: Actor, executive_id: str, operation: str) -> None:
         """An executive acts on itself only."""
+        if actor.is_customer:
+            raise PermissionDeniedError(f"a customer may not {operation}")
         if actor.is_executive and actor.id != executive_id:
             raise PermissionDeniedError(f"an executive may {operation} only for itself")
 
@@ -25,6 +27,8 @@ class Authorizer(Service):
         read (``None`` for privileged actors, who need no read)."""
         if actor.is_privileged:
             return None
+        if actor.is_customer:
+            raise PermissionDeniedError(f"a customer may not {operation} chats")
         chat = await self.load_chat(self.chat_id(chat_id))
         if chat.assigned_executive_id != actor.id:
             raise PermissionDeniedError(f"an executive may {operation} only chats assigned to it")
@@ -34,6 +38,12 @@ class Authorizer(Service):
         """Executives see "My chats": the filter is forced to themselves."""
         if actor.is_privileged:
             return assigned_executive_id
+        if actor.is_customer:
+            raise PermissionDeniedError("a customer may not list chats")
         if assigned_executive_id not in (None, actor.id):
             raise PermissionDeniedError("an executive sees only its own chats")
         return actor.id
+
+
+def _who(actor: Actor) -> str:
+    return "a customer" if actor.is_customer else "an executive"

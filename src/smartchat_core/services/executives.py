@@ -165,7 +165,9 @@ class ExecutiveService(Service):
         executive that is online, serves the type and has capacity.
 
         With ``expected_from`` the chat moves from that executive directly
-        (release); with nobody available it is then put back in the queue.
+        (release); with nobody available it is then put back in the queue,
+        unless that executive is still online and serves the type (then it
+        keeps the chat).
         """
         rotation = self.ports.rotation
         customer_type = chat.customer_type
@@ -222,6 +224,16 @@ class ExecutiveService(Service):
         # Nobody available.
         if expected_from is None:
             return chat
+        holder = await self.ports.executives.get(expected_from)
+        if (
+            holder is not None
+            and holder.status is ExecutiveStatus.ONLINE
+            and customer_type in holder.customer_types
+        ):
+            # Released while still online and nobody else can take it: it stays
+            # with its executive instead of waiting while someone could answer.
+            current = await self.ports.chats.get(chat.id)
+            return current if current is not None else chat
         change = await self.ports.chats.unassign(
             chat.id, expected_from=expected_from, now=self.now()
         )
