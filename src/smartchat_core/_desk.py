@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import TracebackType
 
 from ._auth import SYSTEM, Actor
-from ._errors import PermissionDeniedError
+from ._errors import InvalidInputError, PermissionDeniedError
 from ._events import Event, executive_room
 from ._models import (
     Chat,
@@ -37,6 +37,14 @@ from .services.authorization import Authorizer
 from .services.listing import DashboardCounters
 
 __all__ = ["AsyncSmartChat"]
+
+
+def _scheme(field: str, url: str | None) -> str | None:
+    if url is None:
+        return None
+    if not isinstance(url, str) or "://" not in url:
+        raise InvalidInputError(field, "must be a URL such as memory://, mongodb://, redis://")
+    return url.split("://", 1)[0].lower()
 
 
 class AsyncSmartChat:
@@ -86,6 +94,89 @@ class AsyncSmartChat:
         return cls(
             memory_ports(settings or Settings(), clock, sender or LoggingSender(), publisher)
         )
+
+    @classmethod
+    def from_urls(
+        cls,
+        *,
+        mongodb_url: str | None = None,
+        redis_url: str | None = None,
+        database: str | None = None,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+        sender: MessageSender | None = None,
+        publisher: EventPublisher | None = None,
+        mongodb_async: bool = False,
+    ) -> AsyncSmartChat:
+        """A desk whose backends are chosen by URL scheme; mixing is allowed.
+
+        * ``mongodb_url``: ``mongodb://`` / ``mongodb+srv://`` (pymongo),
+          ``mongomock://`` (in-process fake, for tests), or ``memory://`` /
+          ``None``.  Chats, executives, ratings and the resolve log live there;
+          so do the rotation, dedup keys and locks when there is no Redis.
+        * ``redis_url``: ``redis://`` / ``rediss://`` / ``unix://`` (redis-py,
+          asyncio only), ``fakeredis://`` (in-process fake), or ``memory://``
+          / ``None``.  The rotation, SLA dedup keys, monitor leases and the
+          event publisher (pub/sub, so every process sees every event) live
+          there.
+        * ``database``: the MongoDB database; default the URL's path, else
+          ``smartchat``.
+        * ``mongodb_async``: use pymongo's ``AsyncMongoClient`` (asyncio only,
+          no worker threads) instead of the threaded synchronous client.
+
+        Nothing connects until the desk is entered (``async with``).
+        """
+        from urllib.parse import urlsplit
+
+        import attrs
+
+        from .adapters.memory import LoggingSender, SystemClock, memory_ports
+
+        settings = settings or Settings()
+        clock = clock or SystemClock()
+        ports = memory_ports(settings, clock, sender or LoggingSender(), publisher)
+        overrides: dict[str, object] = {}
+        mongo_scheme = _scheme("mongodb_url", mongodb_url)
+        redis_scheme = _scheme("redis_url", redis_url)
+        if mongo_scheme in ("mongodb", "mongodb+srv", "mongomock"):
+            from .adapters.mongodb import mongo_ports
+
+            assert mongodb_url is not None
+            name = database or urlsplit(mongodb_url).path.strip("/") or "smartchat"
+            client: object = mongodb_url
+            if mongo_scheme == "mongomock":
+                import mongomock
+
+                client = mongomock.MongoClient()
+            overrides.update(
+                mongo_ports(
+                    client,
+                    database=name,
+                    settings=settings,
+                    clock=clock,
+                    async_client=mongodb_async and mongo_scheme != "mongomock",
+                )
+            )
+        elif mongo_scheme not in (None, "memory"):
+            raise InvalidInputError("mongodb_url", f"unsupported scheme {mongo_scheme!r}")
+        if redis_scheme in ("redis", "rediss", "unix", "fakeredis"):
+            from .adapters.redis import redis_ports
+
+            assert redis_url is not None
+            redis_client: object = redis_url
+            if redis_scheme == "fakeredis":
+                import fakeredis
+
+                redis_client = fakeredis.FakeAsyncRedis()
+            redis_side = dict(
+                redis_ports(redis_client, settings=settings, clock=clock)  # type: ignore[arg-type]
+            )
+            if publisher is not None:
+                del redis_side["publisher"]
+            overrides.update(redis_side)
+        elif redis_scheme not in (None, "memory"):
+            raise InvalidInputError("redis_url", f"unsupported scheme {redis_scheme!r}")
+        return cls(attrs.evolve(ports, **overrides))  # type: ignore[arg-type]
 
     # ----------------------------------------------------------------- lifecycle
     async def __aenter__(self) -> AsyncSmartChat:

@@ -102,6 +102,34 @@ class SmartChat:
         )
         return cls(desk, backend=backend)
 
+    @classmethod
+    def from_urls(
+        cls,
+        *,
+        mongodb_url: str | None = None,
+        redis_url: str | None = None,
+        database: str | None = None,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+        sender: MessageSender | None = None,
+        publisher: EventPublisher | None = None,
+        mongodb_async: bool = False,
+        backend: str = "asyncio",
+    ) -> SmartChat:
+        """A blocking desk with backends chosen by URL (see
+        :meth:`AsyncSmartChat.from_urls`).  Redis needs ``backend="asyncio"``."""
+        desk = AsyncSmartChat.from_urls(
+            mongodb_url=mongodb_url,
+            redis_url=redis_url,
+            database=database,
+            settings=settings,
+            clock=clock,
+            sender=sender,
+            publisher=publisher,
+            mongodb_async=mongodb_async,
+        )
+        return cls(desk, backend=backend)
+
     def __enter__(self) -> SmartChat:
         if self._portal is not None:
             raise RuntimeError("this desk is already started")
