@@ -5,6 +5,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+pytest_plugins = ["redis_server"]
+
 settings.register_profile(
     "ci",
     max_examples=200,

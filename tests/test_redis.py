@@ -1,0 +1,667 @@
+"""The Redis adapters against a real redis-server and against fakeredis.
+
+asyncio only (redis-py's asyncio client): ``anyio_backend`` is "asyncio" in
+this module.  The real server comes from the ``redis_server`` plugin
+(tests/redis_server.py); its tests skip where redis-server cannot start,
+unless SMARTCHAT_REQUIRE_SERVERS=1.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import anyio
+import attrs
+import pytest
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from redis_server import RedisServer, fake_client, unique_prefix
+from smartchat_core import (
+    AsyncSmartChat,
+    BackendError,
+    ChatNotFoundError,
+    Event,
+    Settings,
+    SlaTier,
+    SmartChat,
+)
+from smartchat_core.adapters.memory import MemoryChatStore, memory_ports
+from smartchat_core.adapters.redis import (
+    RedisAlertDedup,
+    RedisConnection,
+    RedisEventPublisher,
+    RedisKeys,
+    RedisLock,
+    RedisRotation,
+    redis_ports,
+)
+from smartchat_core.services import Ports
+from smartchat_core.testing import ManualClock, RecordingPublisher, RecordingSender
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2026, 1, 1, 9, 0, tzinfo=timezone.utc)
+ALERT, LEAD = "+910000000001", "+910000000002"
+SEED_TIERS = (
+    SlaTier("alert", after=timedelta(minutes=3), recipient=ALERT, dedup_ttl=timedelta(seconds=300)),
+    SlaTier("escalation", after=timedelta(minutes=10), recipient=LEAD,
+            dedup_ttl=timedelta(seconds=700)),
+)  # fmt: skip
+GUARD = 20  # seconds: only a guard against hangs, never asserted
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """redis.asyncio runs on asyncio only."""
+    return "asyncio"
+
+
+def _real_client(url: str, **options: Any) -> Redis:
+    # One quick retry (a pooled connection may be stale after a restart),
+    # no backoff: a stopped server fails fast.
+    options.setdefault("retry", Retry(NoBackoff(), 1))
+    options.setdefault("socket_connect_timeout", 5)
+    options.setdefault("socket_timeout", 5)
+    pool = BlockingConnectionPool.from_url(url, max_connections=20, timeout=GUARD, **options)
+    return Redis.from_pool(pool)
+
+
+@attrs.define
+class Clients:
+    """New clients on one Redis (real or fake); closed after the test."""
+
+    kind: str
+    make: Callable[[], Redis]
+    created: list[Redis] = attrs.field(factory=list)
+
+    def new(self) -> Redis:
+        client = self.make()
+        self.created.append(client)
+        return client
+
+    async def aclose(self) -> None:
+        for client in self.created:
+            await client.aclose()
+
+
+@pytest.fixture(params=["redis-server", "fakeredis"])
+async def clients(request: pytest.FixtureRequest) -> AsyncIterator[Clients]:
+    if request.param == "redis-server":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        made = Clients("redis-server", lambda: _real_client(server.url))
+    else:
+        fake = request.getfixturevalue("fake_redis_server")
+        made = Clients("fakeredis", lambda: fake_client(fake))
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+# ------------------------------------------------------------------ rotation
+
+
+async def test_rotation_contract(clients: Clients) -> None:
+    prefix = unique_prefix("rr")
+    ring = RedisRotation(clients.new(), prefix=prefix)
+    async with AsyncExitStack() as stack:
+        await ring.start(stack)
+        assert await ring.next("retail") is None
+        assert await ring.members("retail") == []
+        for executive in ("a", "b", "c"):
+            await ring.add("retail", executive)
+        await ring.add("retail", "a")  # a member keeps its place
+        assert await ring.members("retail") == ["a", "b", "c"]
+        assert [await ring.next("retail") for _ in range(4)] == ["a", "b", "c", "a"]
+        assert await ring.members("retail") == ["b", "c", "a"]
+        await ring.add("retail", "b")
+        assert await ring.members("retail") == ["b", "c", "a"]
+        await ring.remove("retail", "c")
+        await ring.remove("retail", "zzz")
+        assert await ring.members("retail") == ["b", "a"]
+        assert await ring.members("wholesale") == []  # rings are per type
+        await ring.replace("retail", ["x", "y", "x", "z"])
+        assert await ring.members("retail") == ["x", "y", "z"]
+        await ring.replace("retail", [])
+        assert await ring.next("retail") is None
+        many = [f"e{i}" for i in range(2500)]  # more than one RPUSH batch
+        await ring.replace("retail", many)
+        assert await ring.members("retail") == many
+    # the key layout: hash-tagged, one list per type
+    keys = RedisKeys(prefix)
+    assert keys.rotation("retail") == "{" + prefix + "}:rr:retail"
+    assert await clients.created[0].llen(keys.rotation("retail")) == 2500
+
+
+async def test_rotation_is_exactly_fair_across_two_clients(clients: Clients) -> None:
+    prefix = unique_prefix("fair")
+    first = RedisRotation(clients.new(), prefix=prefix)
+    second = RedisRotation(clients.new(), prefix=prefix)
+    executives = [f"e{i}" for i in range(5)]
+    await first.replace("retail", executives)
+    rounds = 60
+    taken: list[str | None] = []
+
+    async def take(ring: RedisRotation) -> None:
+        taken.append(await ring.next("retail"))
+
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            for i in range(rounds * len(executives)):
+                group.start_soon(take, first if i % 2 else second)
+    assert Counter(taken) == dict.fromkeys(executives, rounds)
+    assert await second.members("retail") == executives  # full turns: back to the start
+
+
+# -------------------------------------------------------------------- dedup
+
+
+async def test_dedup_uses_the_seed_keys(clients: Clients) -> None:
+    client = clients.new()
+    dedup = RedisAlertDedup(client)
+    key = f"sla::alerted::{unique_prefix('chat')}::alert"
+    assert await dedup.claim(key, timedelta(seconds=300))
+    assert not await dedup.claim(key, timedelta(seconds=300))
+    assert await client.get(key) == b"1"  # the seed's key and value, no prefix
+    assert 0 < await client.pttl(key) <= 300_000
+    await dedup.release(key)
+    assert await client.exists(key) == 0
+    assert await dedup.claim(key, timedelta(seconds=300))
+    prefixed = RedisAlertDedup(client, prefix="v3:")
+    assert await prefixed.claim(key, timedelta(seconds=300))  # another key space
+    assert await client.exists("v3:" + key) == 1
+
+
+async def test_dedup_on_virtual_time(clients: Clients) -> None:
+    client = clients.new()
+    clock = ManualClock(T0)
+    dedup = RedisAlertDedup(client, clock=clock)
+    key = f"sla::alerted::{unique_prefix('chat')}::alert"
+    assert await dedup.claim(key, timedelta(seconds=300))
+    clock.advance(timedelta(seconds=299))
+    assert not await dedup.claim(key, timedelta(seconds=300))
+    clock.advance(timedelta(seconds=1))
+    assert await dedup.claim(key, timedelta(seconds=300))  # the window ended on the clock
+    assert not await dedup.claim(key, timedelta(seconds=300))
+    await dedup.release(key)
+    assert await dedup.claim(key, timedelta(seconds=300))
+    # a key written by the seed (value "1", server TTL) is respected
+    seed_key = f"sla::alerted::{unique_prefix('seed')}::alert"
+    await client.set(seed_key, "1", px=300_000)
+    clock.advance(timedelta(days=1))
+    assert not await dedup.claim(seed_key, timedelta(seconds=300))
+
+
+async def test_dedup_claim_races_have_one_winner(clients: Clients) -> None:
+    dedups = [RedisAlertDedup(clients.new()), RedisAlertDedup(clients.new())]
+    keys = [f"sla::alerted::{unique_prefix('race')}::alert" for _ in range(40)]
+    wins: Counter[str] = Counter()
+
+    async def claim(dedup: RedisAlertDedup, key: str) -> None:
+        if await dedup.claim(key, timedelta(seconds=300)):
+            wins[key] += 1
+
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            for key in keys:
+                for dedup in dedups:
+                    group.start_soon(claim, dedup, key)
+    assert wins == dict.fromkeys(keys, 1)
+
+
+# --------------------------------------------------------------------- lock
+
+
+@pytest.mark.parametrize("virtual", [False, True], ids=["server-time", "virtual-time"])
+async def test_lock_contract(clients: Clients, virtual: bool) -> None:
+    client = clients.new()
+    clock = ManualClock(T0)
+    prefix = unique_prefix("lock")
+    lock = RedisLock(client, prefix=prefix, clock=clock if virtual else None)
+    ttl = timedelta(seconds=120)
+    assert await lock.acquire("monitor:sla:1", "p1", ttl)
+    assert not await lock.acquire("monitor:sla:1", "p2", ttl)
+    assert not await lock.release("monitor:sla:1", "p2")  # never someone else's
+    key = RedisKeys(prefix).lock("monitor:sla:1")
+    assert key == "{" + prefix + "}:lock:monitor:sla:1"
+    assert await client.exists(key) == 1
+    assert await client.pttl(key) > 0
+    assert await lock.release("monitor:sla:1", "p1")
+    assert not await lock.release("monitor:sla:1", "p1")
+    assert await lock.acquire("monitor:sla:1", "p2", ttl)
+    assert await lock.acquire("monitor:sla:2", "p1", ttl)  # leases are independent
+    if virtual:
+        clock.advance(ttl)  # p2's lease ended on the clock
+        assert not await lock.release("monitor:sla:1", "p2")
+        assert await lock.acquire("monitor:sla:1", "p3", ttl)
+        assert not await lock.release("monitor:sla:1", "p2")
+        assert await lock.release("monitor:sla:1", "p3")
+
+
+@pytest.mark.parametrize("virtual", [False, True], ids=["server-time", "virtual-time"])
+async def test_lock_exactly_once_between_two_clients(clients: Clients, virtual: bool) -> None:
+    clock = ManualClock(T0)
+    prefix = unique_prefix("lease")
+    expiry = clock if virtual else None
+    locks = {
+        "p1": RedisLock(clients.new(), prefix=prefix, clock=expiry),
+        "p2": RedisLock(clients.new(), prefix=prefix, clock=expiry),
+    }
+    names = [f"monitor:sla:{slot}" for slot in range(50)]
+    holders: dict[str, list[str]] = {name: [] for name in names}
+
+    async def race(token: str, name: str) -> None:
+        if await locks[token].acquire(name, token, timedelta(seconds=120)):
+            holders[name].append(token)
+
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            for name in names:
+                for token in locks:
+                    group.start_soon(race, token, name)
+    assert all(len(tokens) == 1 for tokens in holders.values()), holders
+    # only the holder can give it back
+    for name, (token,) in holders.items():
+        other = "p2" if token == "p1" else "p1"
+        assert not await locks[other].release(name, other)
+        assert await locks[other].release(name, token)  # the token, not the process, holds
+
+
+# ------------------------------------------------------------------- events
+
+
+def _event(name: str, *rooms: str, n: int = 0) -> Event:
+    return Event(name, {"n": n, "text": "héllo"}, frozenset(rooms), T0 + timedelta(seconds=n))
+
+
+async def _next(events: AsyncIterator[Event]) -> Event:
+    with anyio.fail_after(GUARD):
+        return await events.__anext__()
+
+
+async def test_events_cross_processes_with_room_filtering(clients: Clients) -> None:
+    prefix = unique_prefix("events")
+    process_a = RedisEventPublisher(clients.new(), prefix=prefix)
+    process_b = RedisEventPublisher(clients.new(), prefix=prefix)
+    other_desk = RedisEventPublisher(clients.new(), prefix=unique_prefix("other"))
+    async with AsyncExitStack() as stack:
+        for publisher in (process_a, process_b, other_desk):
+            await publisher.start(stack)
+        await process_a.publish(_event("before", "executive:e1", "dashboard"))
+        async with (
+            process_b.subscribe({"executive:e1"}) as on_b,
+            process_a.subscribe({"dashboard"}) as on_a,
+            other_desk.subscribe({"dashboard", "executive:e1"}) as elsewhere,
+        ):
+            await process_a.publish(_event("dash", "dashboard", n=1))
+            await process_a.publish(_event("mine", "executive:e1", "chat:c1", n=2))
+            await process_a.publish(_event("chat", "chat:c9", n=3))
+            await process_b.publish(_event("from_b", "dashboard", "executive:e1", n=4))
+            await other_desk.publish(_event("other", "dashboard", n=5))
+            assert await _next(on_b) == _event("mine", "executive:e1", "chat:c1", n=2)
+            assert await _next(on_b) == _event("from_b", "dashboard", "executive:e1", n=4)
+            assert await _next(on_a) == _event("dash", "dashboard", n=1)
+            assert await _next(on_a) == _event("from_b", "dashboard", "executive:e1", n=4)
+            assert await _next(elsewhere) == _event("other", "dashboard", n=5)  # same class too
+
+
+async def test_events_skip_malformed_messages(clients: Clients) -> None:
+    prefix = unique_prefix("junk")
+    client = clients.new()
+    publisher = RedisEventPublisher(client, prefix=prefix)
+    async with AsyncExitStack() as stack:
+        await publisher.start(stack)
+        async with publisher.subscribe({"dashboard"}) as events:
+            for junk in (b"not json", b"[1, 2]", b'{"event": "x"}', b"\xff\xfe"):
+                await client.publish(f"{prefix}:events", junk)
+            await publisher.publish(_event("ok", "dashboard"))
+            assert await _next(events) == _event("ok", "dashboard")
+
+
+async def test_publisher_lifecycle(clients: Clients) -> None:
+    publisher = RedisEventPublisher(clients.new(), prefix=unique_prefix("life"))
+    with pytest.raises(RuntimeError, match="start"):
+        async with publisher.subscribe({"dashboard"}):
+            pass  # pragma: no cover
+    async with AsyncExitStack() as stack:
+        await publisher.start(stack)
+        assert publisher.connected
+        with pytest.raises(RuntimeError, match="already started"):
+            await publisher.start(stack)
+    assert not publisher.connected
+    async with AsyncExitStack() as stack:  # can start again
+        await publisher.start(stack)
+        async with publisher.subscribe({"dashboard"}) as events:
+            await publisher.publish(_event("again", "dashboard"))
+            assert (await _next(events)).name == "again"
+
+
+# ---------------------------------------------------------- errors, wiring
+
+
+async def test_driver_failures_are_backend_errors() -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = _real_client(f"redis://127.0.0.1:{port}/0", retry=Retry(NoBackoff(), 0))
+    try:
+        ports = redis_ports(client, settings=Settings(), clock=ManualClock(T0))
+        calls: list[Callable[[], Any]] = [
+            lambda: ports["rotation"].next("retail"),
+            lambda: ports["rotation"].add("retail", "e1"),
+            lambda: ports["rotation"].remove("retail", "e1"),
+            lambda: ports["rotation"].members("retail"),
+            lambda: ports["rotation"].replace("retail", ["e1"]),
+            lambda: ports["dedup"].claim("k", timedelta(seconds=1)),
+            lambda: ports["dedup"].release("k"),
+            lambda: ports["lock"].acquire("l", "t", timedelta(seconds=1)),
+            lambda: ports["lock"].release("l", "t"),
+            lambda: ports["publisher"].publish(_event("x", "dashboard")),
+            lambda: ports["publisher"].start(AsyncExitStack()),
+        ]
+        for call in calls:
+            with pytest.raises(BackendError) as info:
+                await call()
+            assert isinstance(info.value.__cause__, (RedisError, OSError))
+        async with AsyncExitStack() as stack:
+            with pytest.raises(BackendError):
+                await ports["rotation"].start(stack)  # start pings
+    finally:
+        await client.aclose()
+
+
+def test_key_prefix_is_checked() -> None:
+    for bad in ("", "a{b", "c}"):
+        with pytest.raises(ValueError, match="prefix"):
+            RedisKeys(bad)
+    assert RedisKeys().tag == "{smartchat}"
+    assert RedisKeys().events == "smartchat:events"
+
+
+async def test_url_client_is_created_on_start_and_closed_on_exit(
+    redis_server: RedisServer,
+) -> None:
+    connection = RedisConnection(redis_server.url)
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = connection.client
+    async with AsyncExitStack() as stack:
+        await connection.start(stack)
+        await connection.start(stack)  # shared by several ports: idempotent
+        assert await connection.client.ping()
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = connection.client
+
+
+def _desk_ports(
+    client: Redis | str,
+    *,
+    settings: Settings,
+    clock: ManualClock,
+    sender: RecordingSender,
+    publisher: RecordingPublisher | None = None,
+    prefix: str | None = None,
+) -> Ports:
+    """Like ``memory_ports`` with rotation, dedup, lock and publisher on Redis."""
+    redis = dict(
+        redis_ports(client, settings=settings, clock=clock, prefix=prefix or unique_prefix("desk"))
+    )
+    if publisher is not None:
+        redis["publisher"] = publisher
+    return attrs.evolve(memory_ports(settings, clock, sender), **redis)
+
+
+async def test_desk_on_redis_ports(redis_server: RedisServer) -> None:
+    """The sketch's flow with the Redis ports, client built from the URL."""
+    clock, sender = ManualClock(T0), RecordingSender()
+    settings = Settings(sla_tiers=SEED_TIERS)
+    ports = _desk_ports(redis_server.url, settings=settings, clock=clock, sender=sender)
+    async with AsyncSmartChat(ports) as desk:
+        for executive in ("e1", "e2"):
+            await desk.register_executive(executive, name=executive, customer_types={"retail"})
+            await desk.set_executive_status(executive, "online")
+        async with desk.subscribe(rooms={"dashboard"}) as events:
+            chats = [
+                await desk.receive_customer_message(
+                    customer_id=f"+91980000000{i}", customer_name="R", customer_type="retail",
+                    text="hi",
+                )
+                for i in range(4)
+            ]  # fmt: skip
+            names = [(await _next(events)).name for _ in range(8)]
+        assert names == ["chat_message", "chat_assigned"] * 4
+        assert [c.assigned_executive_id for c in chats] == ["e1", "e2", "e1", "e2"]
+        clock.advance(timedelta(minutes=4))
+        assert len(await desk.run_sla_check()) == 4
+        assert await desk.run_sla_check() == []  # dedup window
+        clock.advance(timedelta(seconds=301))  # the window ends on the desk's clock
+        assert {a.tier for a in await desk.run_sla_check()} == {"alert"}
+        assert len(sender.to(ALERT)) == 8
+    with pytest.raises(RuntimeError, match="not started"):
+        await ports.rotation.next("retail")
+
+
+async def test_errors_in_the_desk_pass_through_unwrapped(clients: Clients) -> None:
+    ports = _desk_ports(clients.new(), settings=Settings(), clock=ManualClock(T0),
+                        sender=RecordingSender())  # fmt: skip
+    with pytest.raises(ChatNotFoundError):  # not an ExceptionGroup
+        async with AsyncSmartChat(ports) as desk:
+            await desk.get_chat("nope")
+
+
+def test_blocking_desk_on_redis(redis_server: RedisServer) -> None:
+    """SmartChat enters and exits the desk in different portal tasks."""
+    clock, sender = ManualClock(T0), RecordingSender()
+    ports = _desk_ports(redis_server.url, settings=Settings(), clock=clock, sender=sender)
+    with SmartChat(AsyncSmartChat(ports)) as desk:
+        desk.register_executive("e1", name="Asha", customer_types={"retail"})
+        desk.set_executive_status("e1", "online")
+        with desk.subscribe(rooms={"dashboard"}) as events:
+            chat = desk.receive_customer_message(
+                customer_id="c1", customer_name="Ravi", customer_type="retail", text="hi"
+            )
+            assert chat.assigned_executive_id == "e1"
+            received = [events.get(GUARD) for _ in range(2)]
+            assert [e.name if e else None for e in received] == ["chat_message", "chat_assigned"]
+    assert not ports.publisher.connected  # type: ignore[attr-defined]
+
+
+def test_redis_adapters_need_asyncio() -> None:
+    async def start() -> None:
+        async with AsyncExitStack() as stack:
+            await RedisConnection("redis://127.0.0.1:1/0").start(stack)
+
+    with pytest.raises(RuntimeError, match="asyncio"):
+        anyio.run(start, backend="trio")
+
+
+# ------------------------------------------------------------ data and faults
+
+
+def _store(ports: Ports) -> MemoryChatStore:
+    assert isinstance(ports.chats, MemoryChatStore)
+    return ports.chats
+
+
+async def _assert_consistent(desk: AsyncSmartChat, ports: Ports) -> None:
+    """Counters equal a recount; every open chat is assigned or waiting."""
+    counters = await desk.get_counters()
+    executives = {e.id: (e.open_chats, e.awaiting_chats) for e in await desk.list_executives()}
+    assert await desk.recount() == counters
+    assert {
+        e.id: (e.open_chats, e.awaiting_chats) for e in await desk.list_executives()
+    } == executives
+    for chat in _store(ports).all_chats():
+        if chat.is_open:
+            assert (chat.assigned_executive_id is None) == (chat.queued_at is not None)
+
+
+async def test_rotation_rebuilt_after_redis_lost_it(clients: Clients) -> None:
+    clock, sender = ManualClock(T0), RecordingSender()
+    client = clients.new()
+    prefix = unique_prefix("lost")
+    ports = _desk_ports(client, settings=Settings(), clock=clock, sender=sender, prefix=prefix)
+    async with AsyncSmartChat(ports) as desk:
+        for executive in ("e1", "e2", "e3"):
+            await desk.register_executive(executive, name=executive, customer_types={"retail"})
+            await desk.set_executive_status(executive, "online")
+        await client.delete(RedisKeys(prefix).rotation("retail"))  # Redis lost the ring
+        assigned = [
+            (
+                await desk.receive_customer_message(
+                    customer_id=f"c{i}", customer_name="", customer_type="retail", text="hi"
+                )
+            ).assigned_executive_id
+            for i in range(6)
+        ]
+        assert assigned == ["e1", "e2", "e3"] * 2  # rebuilt from the executive store
+        assert sorted(await ports.rotation.members("retail")) == ["e1", "e2", "e3"]
+        await _assert_consistent(desk, ports)
+
+
+@pytest.mark.xfail(
+    reason="services/executives.py rebuilds a lost ring only when next() finds it empty: "
+    "an executive going online first re-creates it with itself alone and the others "
+    "starve (see the helper report)",
+    strict=True,
+)
+async def test_rotation_lost_then_someone_goes_online(clients: Clients) -> None:
+    clock, sender = ManualClock(T0), RecordingSender()
+    client = clients.new()
+    prefix = unique_prefix("partial")
+    ports = _desk_ports(client, settings=Settings(), clock=clock, sender=sender, prefix=prefix)
+    async with AsyncSmartChat(ports) as desk:
+        for executive in ("e1", "e2", "e3"):
+            await desk.register_executive(executive, name=executive, customer_types={"retail"})
+        for executive in ("e1", "e2"):
+            await desk.set_executive_status(executive, "online")
+        await client.delete(RedisKeys(prefix).rotation("retail"))  # Redis lost the ring
+        await desk.set_executive_status("e3", "online")
+        for i in range(6):
+            await desk.receive_customer_message(
+                customer_id=f"c{i}", customer_name="", customer_type="retail", text="hi"
+            )
+        loads = {e.id: e.open_chats for e in await desk.list_executives()}
+        assert loads == {"e1": 2, "e2": 2, "e3": 2}  # invariant 3
+
+
+@pytest.mark.parametrize("publisher_on", ["redis", "memory"])
+async def test_redis_outage_leaves_nothing_half_changed(
+    redis_faults: RedisServer, publisher_on: str
+) -> None:
+    """Redis stops mid-run: operations raise BackendError, the chats (in
+    memory) and counters stay consistent, the chat that could not be assigned
+    waits; once Redis is back (empty) the rotation rebuilds and assignment
+    continues."""
+    server = redis_faults
+    clock, sender = ManualClock(T0), RecordingSender()
+    recording = RecordingPublisher() if publisher_on == "memory" else None
+    client = _real_client(server.url, socket_connect_timeout=2, socket_timeout=2)
+    ports = _desk_ports(
+        client,
+        settings=Settings(sla_tiers=SEED_TIERS),
+        clock=clock,
+        sender=sender,
+        publisher=recording,
+    )
+    store = _store(ports)
+
+    async def message(customer: str) -> Any:
+        return await desk.receive_customer_message(
+            customer_id=customer, customer_name=customer, customer_type="retail", text="hi"
+        )
+
+    try:
+        async with AsyncSmartChat(ports) as desk:
+            for executive in ("e1", "e2"):
+                await desk.register_executive(executive, name=executive, customer_types={"retail"})
+                await desk.set_executive_status(executive, "online")
+            first = await message("c1")
+            assert first.assigned_executive_id == "e1"
+
+            server.stop()
+            with pytest.raises(BackendError) as info:
+                await message("c2")
+            assert isinstance(info.value.__cause__, (RedisError, OSError))
+            # with events on Redis the first event fails; else the rotation, mid-assignment
+            assert ("PUBLISH" if recording is None else "rotation next") in str(info.value)
+            (waiting,) = [c for c in store.all_chats() if c.customer_id == "c2"]
+            assert waiting.is_waiting and waiting.queued_at == T0  # recorded, waiting, not lost
+            clock.advance(timedelta(minutes=4))
+            with pytest.raises(BackendError):
+                await desk.run_sla_check()
+            assert sender.sent == []  # no alert went out half-way
+            with pytest.raises(BackendError):
+                await desk.assign_chat_round_robin(waiting.id)
+            await _assert_consistent(desk, ports)
+            counters = await desk.get_counters()
+            assert (counters.open, counters.unassigned) == (2, 1)
+            assert (await desk.get_executive("e1")).open_chats == 1
+
+            server.start()  # empty: the ring is gone
+            assert await ports.rotation.members("retail") == []
+            assigned = await desk.assign_chat_round_robin(waiting.id)
+            assert assigned.assigned_executive_id in {"e1", "e2"}
+            assert sorted(await ports.rotation.members("retail")) == ["e1", "e2"]
+            third = await message("c3")
+            assert {assigned.assigned_executive_id, third.assigned_executive_id} == {"e1", "e2"}
+            alerts = await desk.run_sla_check()
+            assert sorted(a.chat_id for a in alerts) == sorted([first.id, waiting.id])
+            assert len(sender.to(ALERT)) == 2
+            await _assert_consistent(desk, ports)
+            counters = await desk.get_counters()
+            assert (counters.open, counters.unassigned) == (3, 0)
+            if recording is None:  # the listener is back: events flow again
+                async with desk.subscribe(rooms={"dashboard"}) as events:
+                    await message("c4")
+                    assert (await _next(events)).name == "chat_message"
+                    assert (await _next(events)).name == "chat_assigned"
+                publisher = ports.publisher
+                assert isinstance(publisher, RedisEventPublisher)
+                assert publisher.reconnects >= 1
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.xfail(
+    reason="set_executive_status('offline') with Redis down stores the status, then fails "
+    "in the rotation before releasing: the offline executive keeps its open chats "
+    "(invariant 4) until someone calls it again (see the helper report)",
+    strict=True,
+)
+async def test_going_offline_during_an_outage_releases_the_chats(
+    redis_faults: RedisServer,
+) -> None:
+    server = redis_faults
+    clock, sender = ManualClock(T0), RecordingSender()
+    client = _real_client(server.url, socket_connect_timeout=2, socket_timeout=2)
+    ports = _desk_ports(
+        client, settings=Settings(), clock=clock, sender=sender, publisher=RecordingPublisher()
+    )
+    try:
+        async with AsyncSmartChat(ports) as desk:
+            for executive in ("e1", "e2"):
+                await desk.register_executive(executive, name=executive, customer_types={"retail"})
+                await desk.set_executive_status(executive, "online")
+            chat = await desk.receive_customer_message(
+                customer_id="c1", customer_name="", customer_type="retail", text="hi"
+            )
+            assert chat.assigned_executive_id == "e1"
+            server.stop()
+            with pytest.raises(BackendError):
+                await desk.set_executive_status("e1", "offline")
+            server.start()
+            await desk.run_inactivity_check()  # the monitors run on
+            e1 = await desk.get_executive("e1")
+            current = await desk.get_chat(chat.id)
+            assert e1.status.value != "offline" or current.assigned_executive_id != "e1"
+    finally:
+        await client.aclose()
