@@ -266,6 +266,13 @@ class ChatStore(Port, ABC):
     async def recount(self) -> None:
         """Rebuild every counter from the chats."""
 
+    async def repair(self) -> int:
+        """Complete changes a crashed process left half-done (stores that
+        cannot change a chat and its counters in one transaction); return how
+        many it completed.  Must be cheap when there is nothing to do: the
+        inactivity monitor calls it every tick.  The default does nothing."""
+        return 0
+
 
 # ----------------------------------------------------------------------- executives
 

@@ -53,7 +53,11 @@ class MonitorService(Service):
     async def run_inactivity_check(self) -> list[Executive]:
         """Online or away executives with no activity for
         ``inactivity_timeout`` go offline (their chats are reassigned).
-        Returns them after the change."""
+        Returns them after the change.  Also lets the chat store complete
+        changes a crashed process left half-done (:meth:`ChatStore.repair`)."""
+        repaired = await self.ports.chats.repair()
+        if repaired:
+            logger.warning("completed %d chat changes a crashed process left half-done", repaired)
         cutoff = self.now() - self.settings.inactivity_timeout
         changed = []
         for executive in await self.ports.executives.inactive(cutoff, limit=_INACTIVE_BATCH):

@@ -1,0 +1,2532 @@
+"""MongoDB adapters (pymongo): chats and their counters, executives, ratings,
+the resolve log, and -- for a MongoDB-only deployment -- the round-robin
+rotation, SLA alert dedup and the monitors' lock.
+
+pymongo is imported only inside functions: importing this module needs no
+driver and connects nowhere.  Build the ports with :func:`mongo_ports`.
+
+Drivers: one adapter, two facades
+=================================
+
+The adapter logic is written once, as coroutines over a tiny internal async
+collection facade (:class:`_Db` / :class:`_Coll`) with two implementations:
+
+* :class:`_ThreadedDb` wraps a **synchronous** client (``pymongo.MongoClient``
+  or ``mongomock.MongoClient``) and runs each blocking call in a worker thread
+  (``anyio.to_thread.run_sync``), so the same code runs under asyncio *and*
+  trio, and mongomock runs exactly the code production runs.  Calls are not
+  abandoned on cancellation: a write in flight completes, so the adapter
+  never loses track of what it wrote.  mongomock is not thread-safe, so its
+  calls are serialised by a lock.
+* :class:`_AsyncDb` wraps pymongo's native ``AsyncMongoClient`` (asyncio only,
+  no thread hop).
+
+A URL given to :func:`mongo_ports` gets a synchronous ``MongoClient`` (works
+under both event loops) unless ``async_client=True``.
+
+Documents
+=========
+
+Chats (``Settings.chats_collection``, seed: ``v2_chats``) keep the seed's
+field names: ``customer_id``, ``customer_name``, ``customer_type``,
+``created_at``, ``last_incoming_message``, ``last_outgoing_message``,
+``last_interaction_by`` (``"Customer"``/``"Executive"``), ``is_resolved``,
+``resolved_at``, ``tags``, ``assigned_executive_id``, ``assigned_at``.  The
+``_id`` is the chat id (an old ``ObjectId`` ``_id`` is read as its hex
+string and found again by it).  Fields this library adds:
+
+* ``opened_at``, ``last_message`` (preview), ``last_activity_at`` (listing
+  sort), ``queued_at`` (set only while the chat waits unassigned);
+* ``awaiting_watch_since`` -- derived: ``last_outgoing_message`` while the
+  chat is open, the executive spoke last and the awaiting tag is absent,
+  else null.  It makes the awaiting tagger's query one index range (a
+  ``tags: {$ne: ...}`` condition cannot be served by an index);
+* ``_v`` -- a version, incremented by every write (compare-and-set);
+* ``_pending`` -- only without transactions, see below.
+
+A database written by Smart Chat V2 lacks the added fields; reads tolerate
+that (they are derived on the fly), but the monitors' and the queue's
+queries use them, so run :meth:`MongoChatStore.migrate` once (it backfills
+them, then rebuilds the counters).  :meth:`MongoChatStore.ensure_indexes`
+(run by ``start`` unless ``ensure_indexes=False``) creates the indexes.
+
+Counters live in their own collection (``counters_collection``, default
+``v2_chat_counters``): ``{_id: "executive:<id>", open_chats, awaiting_chats}``
+and, per customer type, ``type_counter_shards`` documents ``{_id:
+"type:<shard>:<customer type>", kind: "type", key, shard, open, unassigned,
+awaiting}`` that add up to its counters (each chat moves the shard of a
+stable hash of its id; a burst of new chats then does not serialise on one
+hot document).  ``recount`` writes the totals to shard 0 and zeroes the
+others.
+
+Writes: compare-and-set on the chat
+===================================
+
+Every chat write reads the chat, computes the new chat in Python (exactly as
+the in-memory reference model does) and stores it with one
+``update_one({_id, _v: <read>}, {$set: <changed fields>, $inc: {_v: 1}})``.
+The version makes every precondition (open, assignee, tags, ...) part of the
+single atomic write: a concurrent change makes it match nothing and the
+operation starts over with a fresh read, so two processes assigning the same
+chat assign it once.  Why not ``find_one_and_update`` with the preconditions
+in the filter: one code path computes the new state for every operation (no
+second, operator-based rendering of the rules to keep in step), the same
+write runs inside a transaction or not, and SecantusDB's ``findAndModify``
+scans the whole collection (see below) while its ``update_one`` by ``_id`` is
+a point write.  The rotation's ``next`` is one ``find_one_and_update``.
+
+Counters: the guarantee
+=======================
+
+An operation that moves counters changes two or three documents (the chat,
+the counters of its customer type and of one or two executives).
+
+**With transactions** (a replica set, a sharded cluster, SecantusDB -- detected
+from ``hello``; force with ``transactions=``), the chat write and the counter
+``$inc``\\ s run in one transaction, retried on ``TransientTransactionError``.
+Capacity is read inside the same transaction; two transactions reserving the
+last slot of an executive conflict on its counter document and the loser
+retries, so an executive is never pushed over ``max_open_chats``.  Counters
+equal a recount at every commit; a failure aborts the transaction and leaves
+nothing changed.
+
+**Without transactions** (a standalone ``mongod``, mongomock), an operation is
+ordered writes that complete themselves:
+
+1. the chat write (compare-and-set) also stores a ``_pending`` marker: a
+   token, the time (clock port), the counter deltas, the capacity to
+   enforce, and the previous values of the changed fields;
+2. each counter gets ``$inc`` *and* the token recorded in one atomic update
+   that matches only if the token is not recorded yet (so re-applying is a
+   no-op).  The capacity-checked counter goes first, with ``open_chats <
+   capacity`` in its filter; if that fails the chat is put back from the
+   marker (nothing else was applied) and the result is ``AT_CAPACITY``;
+3. the marker is removed (compare-and-set on the token), then the tokens.
+
+While a chat carries a marker, every other write to that chat waits for it;
+a marker older than ``lease`` (default 30 s) is taken over (atomically, one
+taker) and completed by the next operation on that chat or by
+:meth:`MongoChatStore.repair` -- the lead's inactivity monitor calls it every
+minute -- which also drops tokens left behind.  So a process that dies
+mid-operation leaves its chat changed and the counters behind by that one
+change until the lease runs out; then they are completed exactly once.
+Counters equal a recount whenever no marker is pending.  The one assumption:
+a *live* process does not stall longer than ``lease`` between steps 1 and 3
+(otherwise its late counter updates could be applied twice; ``recount``
+repairs that).  A driver failure in step 2 or 3 is retried twice at once;
+if the backend stays down the operation raises :class:`BackendError` and
+the marker finishes the job later (the change counts as done).
+
+``recount`` rebuilds every counter from the chats (in a transaction when
+available, so it is exact even while others write).
+
+Errors and input
+================
+
+``pymongo.errors.PyMongoError`` is raised as :class:`~smartchat_core.BackendError`
+(the original is the ``__cause__``).  Ids must be plain ``str`` (never a
+dict that would become a query operator): anything else raises
+:class:`~smartchat_core.InvalidInputError` before any I/O.  Search text is
+``re.escape``\\ d and matched case-insensitively: literal, never a pattern.
+
+Indexes (``ensure_indexes``)
+============================
+
+Chats (every name prefixed ``smartchat_``; keys, then the partial filter):
+
+* ``customer``: customer_id, unique (one chat per customer);
+* ``sla_due``: last_incoming_message, _id; is_resolved false and
+  last_interaction_by Customer;
+* ``awaiting_due``: awaiting_watch_since, _id; awaiting_watch_since set;
+* ``waiting``: customer_type, queued_at, _id; queued_at set;
+* ``open_by_executive``: assigned_executive_id, assigned_at, _id; is_resolved
+  false;
+* listing, each ``<filter field>, last_activity_at -1, _id``: ``list_all``
+  (no filter field), ``list_status`` (is_resolved), ``list_type``
+  (customer_type), ``list_assignee`` (assigned_executive_id), ``list_tag``
+  (tags, multikey), ``list_sender`` (last_interaction_by);
+* ``pending``: _pending.at, sparse (for ``repair``).
+
+"Set" is ``{$gte: 0001-01-01}``: partial filters use only equality and
+``$gte``, which every MongoDB since 3.2 and SecantusDB can match a query
+against.
+
+Executives: ``presence`` (status, last_active_at, _id) for the inactivity
+monitor (queried once per status, online and away), ``type_status``
+(customer_types, status, _id).  Ratings: ``rating_once`` (chat_id,
+resolved_at) unique.  Resolve log: (chat_id, resolved_at -1), (executive_id,
+resolved_at -1), (resolved_at -1).  Dedup and lock: a TTL index on
+``purge_at`` (clean-up only; expiry is decided on the clock port).
+
+The partial filters use only equality and ``$gte`` (every MongoDB since 3.2
+and SecantusDB can use them).  SLA, awaiting, waiting queue, open chats per
+executive and the inactivity query are index ranges that cost the result;
+listing walks the index of one filter in ``last_activity_at`` order (a
+combination of filters walks one of them; ``search`` is an unanchored regex
+and filters what the other filters leave).
+
+SecantusDB notes (0.7.0b3)
+==========================
+
+Transactions, partial/TTL indexes, ``$expr`` and ``find_one_and_update`` work.
+Its ``explain`` reports the plan faithfully but ``executionStats`` are
+synthesised (``totalDocsExamined`` = ``nReturned`` = every match, ignoring the
+limit, for an index scan).  ``findAndModify`` is O(collection): it re-asserts
+the query as ``{_id, $and: [query]}`` and a top-level ``$and`` defeats its
+``_id`` point lookup, which is one more reason chats are written with
+``update_one``.  A ``$lte`` bound on a compound index field followed by other
+key fields (equality prefix, then the range) misses the documents equal to
+the bound; the adapters write "at or before" as ``$lt`` bound + 1 ms, which
+is the same set of BSON dates on every server.  ``findAndModify`` returning
+the document *before* the update can return a stale pre-image under
+concurrency (300 concurrent ``$inc``: 238 distinct pre-images); the
+post-image is exact, so the rotation reads the post-image.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import random
+import re
+import threading
+import time
+import uuid
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import AsyncExitStack, suppress
+from datetime import datetime, timedelta, timezone
+from typing import Any, ParamSpec, TypeVar
+
+import anyio
+import anyio.to_thread
+import attrs
+
+from .._errors import BackendError, InvalidInputError
+from .._models import (
+    UNASSIGNED,
+    Chat,
+    ChatPage,
+    ChatQuery,
+    ChatStatusFilter,
+    Executive,
+    ExecutiveCounters,
+    ExecutiveStatus,
+    Interlocutor,
+    Rating,
+    ResolutionEntry,
+    TypeCounters,
+)
+from .._settings import Settings
+from ..abc import (
+    AlertDedup,
+    AssignOutcome,
+    AssignResult,
+    ChatChange,
+    ChatStore,
+    Clock,
+    ExecutiveStore,
+    IncomingResult,
+    Lock,
+    RatingStore,
+    ResolutionLog,
+    Rotation,
+    StatusChange,
+)
+
+__all__ = [
+    "DEFAULT_COUNTERS_COLLECTION",
+    "DEFAULT_DEDUP_COLLECTION",
+    "DEFAULT_LOCKS_COLLECTION",
+    "DEFAULT_ROTATION_COLLECTION",
+    "MongoAlertDedup",
+    "MongoChatStore",
+    "MongoConnection",
+    "MongoExecutiveStore",
+    "MongoLock",
+    "MongoRatingStore",
+    "MongoResolutionLog",
+    "MongoRotation",
+    "mongo_ports",
+]
+
+logger = logging.getLogger("smartchat_core")
+
+Doc = dict[str, Any]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DEFAULT_COUNTERS_COLLECTION = "v2_chat_counters"
+DEFAULT_ROTATION_COLLECTION = "v2_rotation"
+DEFAULT_DEDUP_COLLECTION = "v2_sla_alerts"
+DEFAULT_LOCKS_COLLECTION = "v2_locks"
+
+_UTC = timezone.utc
+_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+_MIN_DATE = datetime(1, 1, 1, tzinfo=_UTC)
+"""Lower bound of the partial indexes on optional dates (``$gte`` is the
+one operator every server can match a partial filter against)."""
+_RETRY_SECONDS = 30.0
+"""How long an operation keeps retrying after concurrent changes (a hot
+counter document under a burst) before it raises BackendError."""
+_SETTLE_SECONDS = 5.0
+_REPAIR_BATCH = 1000
+_INDEX_PREFIX = "smartchat_"
+
+_CHAT_FIELDS = (
+    "customer_id",
+    "customer_name",
+    "customer_type",
+    "created_at",
+    "opened_at",
+    "last_incoming_message",
+    "last_outgoing_message",
+    "last_interaction_by",
+    "last_message",
+    "last_activity_at",
+    "is_resolved",
+    "resolved_at",
+    "tags",
+    "assigned_executive_id",
+    "assigned_at",
+    "queued_at",
+    "awaiting_watch_since",
+)
+
+
+# ------------------------------------------------------------------- small helpers
+
+
+def _errors() -> Any:
+    import pymongo.errors
+
+    return pymongo.errors
+
+
+def _is_duplicate(exc: BaseException) -> bool:
+    return isinstance(exc, _errors().DuplicateKeyError)
+
+
+def _translated(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Raise the driver's errors as :class:`BackendError`."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except _errors().PyMongoError as exc:
+            raise BackendError(f"MongoDB: {exc}") from exc
+
+    return wrapper
+
+
+def _plain(field: str, value: object) -> str:
+    """An id or name as a plain string: never a dict (query operator)."""
+    if not isinstance(value, str):
+        raise InvalidInputError(field, f"must be a string, got {type(value).__name__}")
+    return value
+
+
+def _ms(value: datetime) -> datetime:
+    """UTC, truncated to BSON's millisecond precision."""
+    if value.tzinfo is None:
+        raise InvalidInputError("now", "must be timezone-aware")
+    value = value.astimezone(_UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _aware(value: object) -> datetime | None:
+    """A stored datetime as aware UTC (a client without ``tz_aware`` gives
+    naive UTC)."""
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=_UTC)
+    return value.astimezone(_UTC)
+
+
+def _at_or_before(cutoff: datetime) -> Doc:
+    """``<= cutoff`` for stored dates, written as ``< cutoff + 1 ms``: every
+    BSON date is a whole number of milliseconds, so the two are the same set,
+    and SecantusDB loses the documents *equal* to a ``$lte`` bound on a
+    compound index field that is followed by other key fields."""
+    return {"$lt": _ms(cutoff) + timedelta(milliseconds=1)}
+
+
+def _ts(value: datetime | None) -> float:
+    return (value - _EPOCH).total_seconds() if value is not None else float("-inf")
+
+
+def _id_filter(value: str) -> Any:
+    """Match an id given as a string, also where an old document has the
+    ``ObjectId`` with that hex as its ``_id``."""
+    if len(value) == 24:
+        from bson import ObjectId
+
+        if ObjectId.is_valid(value):
+            return {"$in": [value, ObjectId(value)]}
+    return value
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+class _Conflict(Exception):
+    """The document changed under us: read again and retry."""
+
+
+async def _backoff(attempt: int) -> None:
+    """Exponential backoff with full jitter (0.5 ms doubling, at most 100 ms);
+    the first two retries are immediate."""
+    if attempt >= 2:
+        await anyio.sleep(random.uniform(0, min(0.1, 0.0005 * 2 ** min(attempt, 12))))
+
+
+class _Retries:
+    """Attempt numbers until a time budget runs out."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.deadline = time.monotonic() + _RETRY_SECONDS
+
+    def __iter__(self) -> Iterator[int]:
+        for attempt in itertools.count():
+            if attempt and time.monotonic() > self.deadline:
+                raise BackendError(
+                    f"MongoDB: {self.what} kept conflicting for {_RETRY_SECONDS:.0f} s"
+                )
+            yield attempt
+
+
+# ------------------------------------------------------------------------ facade
+
+
+@attrs.frozen
+class _Write:
+    matched: int
+    modified: int
+    upserted: bool
+
+
+class _Session(ABC):
+    """A client session running one transaction."""
+
+    @abstractmethod
+    async def start_transaction(self) -> None: ...
+
+    @abstractmethod
+    async def commit(self) -> None: ...
+
+    @abstractmethod
+    async def abort(self) -> None: ...
+
+    @abstractmethod
+    async def end(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def raw(self) -> Any:
+        """The driver's session, passed to each call as ``session=``."""
+
+
+class _Coll(ABC):
+    """The async collection operations the adapters use."""
+
+    name: str
+
+    @abstractmethod
+    async def find_one(self, filter: Doc, *, session: _Session | None = None) -> Doc | None: ...
+
+    @abstractmethod
+    async def find(
+        self,
+        filter: Doc,
+        *,
+        sort: Sequence[tuple[str, int]] | None = None,
+        skip: int = 0,
+        limit: int = 0,
+        projection: Doc | None = None,
+        session: _Session | None = None,
+    ) -> list[Doc]: ...
+
+    @abstractmethod
+    async def count(self, filter: Doc) -> int: ...
+
+    @abstractmethod
+    async def estimated_count(self) -> int: ...
+
+    @abstractmethod
+    async def insert_one(self, doc: Doc, *, session: _Session | None = None) -> None: ...
+
+    @abstractmethod
+    async def update_one(
+        self, filter: Doc, update: Doc, *, upsert: bool = False, session: _Session | None = None
+    ) -> _Write: ...
+
+    @abstractmethod
+    async def find_one_and_update(
+        self, filter: Doc, update: Doc, *, upsert: bool = False, after: bool = True
+    ) -> Doc | None: ...
+
+    @abstractmethod
+    async def delete_one(self, filter: Doc) -> int: ...
+
+    @abstractmethod
+    async def aggregate(
+        self, pipeline: list[Doc], *, session: _Session | None = None
+    ) -> list[Doc]: ...
+
+    @abstractmethod
+    async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None: ...
+
+
+class _Db(ABC):
+    @abstractmethod
+    def collection(self, name: str) -> _Coll: ...
+
+    @abstractmethod
+    async def supports_transactions(self) -> bool: ...
+
+    @abstractmethod
+    async def start_session(self) -> _Session: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+def _sort_arg(sort: Sequence[tuple[str, int]] | None) -> list[tuple[str, int]] | None:
+    return list(sort) if sort else None
+
+
+def _raw(session: _Session | None) -> Any:
+    return None if session is None else session.raw
+
+
+def _write_result(result: Any) -> _Write:
+    return _Write(result.matched_count, result.modified_count, result.upserted_id is not None)
+
+
+def _hello_has_transactions(reply: Mapping[str, Any]) -> bool:
+    return bool(reply.get("setName")) or reply.get("msg") == "isdbgrid"
+
+
+class _ThreadedSession(_Session):
+    def __init__(self, db: _ThreadedDb, session: Any) -> None:
+        self._db = db
+        self._session = session
+
+    @property
+    def raw(self) -> Any:
+        return self._session
+
+    async def start_transaction(self) -> None:
+        await self._db.call(self._session.start_transaction)
+
+    async def commit(self) -> None:
+        await self._db.call(self._session.commit_transaction)
+
+    async def abort(self) -> None:
+        await self._db.call(self._session.abort_transaction)
+
+    async def end(self) -> None:
+        await self._db.call(self._session.end_session)
+
+
+class _ThreadedColl(_Coll):
+    def __init__(self, db: _ThreadedDb, collection: Any) -> None:
+        self._db = db
+        self._c = collection
+        self.name = str(collection.name)
+
+    async def find_one(self, filter: Doc, *, session: _Session | None = None) -> Doc | None:
+        kwargs = {"session": _raw(session)} if session is not None else {}
+        result = await self._db.call(functools.partial(self._c.find_one, filter, **kwargs))
+        return None if result is None else dict(result)
+
+    async def find(
+        self,
+        filter: Doc,
+        *,
+        sort: Sequence[tuple[str, int]] | None = None,
+        skip: int = 0,
+        limit: int = 0,
+        projection: Doc | None = None,
+        session: _Session | None = None,
+    ) -> list[Doc]:
+        kwargs: Doc = {"skip": skip, "limit": limit}
+        if sort:
+            kwargs["sort"] = _sort_arg(sort)
+        if projection is not None:
+            kwargs["projection"] = projection
+        if session is not None:
+            kwargs["session"] = session.raw
+
+        def run() -> list[Doc]:
+            return [dict(doc) for doc in self._c.find(filter, **kwargs)]
+
+        return await self._db.call(run)
+
+    async def count(self, filter: Doc) -> int:
+        return int(await self._db.call(functools.partial(self._c.count_documents, filter)))
+
+    async def estimated_count(self) -> int:
+        return int(await self._db.call(self._c.estimated_document_count))
+
+    async def insert_one(self, doc: Doc, *, session: _Session | None = None) -> None:
+        kwargs = {"session": _raw(session)} if session is not None else {}
+        await self._db.call(functools.partial(self._c.insert_one, doc, **kwargs))
+
+    async def update_one(
+        self, filter: Doc, update: Doc, *, upsert: bool = False, session: _Session | None = None
+    ) -> _Write:
+        kwargs: Doc = {"upsert": upsert}
+        if session is not None:
+            kwargs["session"] = session.raw
+        result = await self._db.call(
+            functools.partial(self._c.update_one, filter, update, **kwargs)
+        )
+        return _write_result(result)
+
+    async def find_one_and_update(
+        self, filter: Doc, update: Doc, *, upsert: bool = False, after: bool = True
+    ) -> Doc | None:
+        from pymongo import ReturnDocument
+
+        result = await self._db.call(
+            functools.partial(
+                self._c.find_one_and_update,
+                filter,
+                update,
+                upsert=upsert,
+                return_document=ReturnDocument.AFTER if after else ReturnDocument.BEFORE,
+            )
+        )
+        return None if result is None else dict(result)
+
+    async def delete_one(self, filter: Doc) -> int:
+        result = await self._db.call(functools.partial(self._c.delete_one, filter))
+        return int(result.deleted_count)
+
+    async def aggregate(self, pipeline: list[Doc], *, session: _Session | None = None) -> list[Doc]:
+        kwargs = {"session": _raw(session)} if session is not None else {}
+
+        def run() -> list[Doc]:
+            return [dict(doc) for doc in self._c.aggregate(pipeline, **kwargs)]
+
+        return await self._db.call(run)
+
+    async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None:
+        await self._db.call(functools.partial(self._c.create_index, keys, **options))
+
+
+class _ThreadedDb(_Db):
+    """A synchronous client's database; each call in a worker thread."""
+
+    def __init__(self, database: Any, *, serialize: bool = False) -> None:
+        self._database = database
+        self._mutex = threading.Lock() if serialize else None
+        self._mongomock = type(database).__module__.startswith("mongomock")
+        self._transactions: bool | None = None
+
+    async def call(self, function: Callable[[], T]) -> T:
+        mutex = self._mutex
+        if mutex is None:
+            return await anyio.to_thread.run_sync(function)
+
+        def locked() -> T:
+            with mutex:
+                return function()
+
+        return await anyio.to_thread.run_sync(locked)
+
+    def collection(self, name: str) -> _Coll:
+        return _ThreadedColl(self, self._database[name])
+
+    async def supports_transactions(self) -> bool:
+        if self._transactions is None:
+            if self._mongomock:
+                self._transactions = False
+            else:
+                reply = await self.call(
+                    functools.partial(self._database.client.admin.command, "hello")
+                )
+                self._transactions = _hello_has_transactions(reply)
+        return self._transactions
+
+    async def start_session(self) -> _Session:
+        session = await self.call(self._database.client.start_session)
+        return _ThreadedSession(self, session)
+
+    async def close(self) -> None:
+        await self.call(self._database.client.close)
+
+
+class _AsyncSession(_Session):
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    @property
+    def raw(self) -> Any:
+        return self._session
+
+    async def start_transaction(self) -> None:
+        await self._session.start_transaction()
+
+    async def commit(self) -> None:
+        await self._session.commit_transaction()
+
+    async def abort(self) -> None:
+        await self._session.abort_transaction()
+
+    async def end(self) -> None:
+        await self._session.end_session()
+
+
+class _AsyncColl(_Coll):
+    def __init__(self, collection: Any) -> None:
+        self._c = collection
+        self.name = str(collection.name)
+
+    async def find_one(self, filter: Doc, *, session: _Session | None = None) -> Doc | None:
+        result = await self._c.find_one(filter, session=_raw(session))
+        return None if result is None else dict(result)
+
+    async def find(
+        self,
+        filter: Doc,
+        *,
+        sort: Sequence[tuple[str, int]] | None = None,
+        skip: int = 0,
+        limit: int = 0,
+        projection: Doc | None = None,
+        session: _Session | None = None,
+    ) -> list[Doc]:
+        cursor = self._c.find(
+            filter,
+            projection,
+            sort=_sort_arg(sort),
+            skip=skip,
+            limit=limit,
+            session=_raw(session),
+        )
+        return [dict(doc) for doc in await cursor.to_list(None)]
+
+    async def count(self, filter: Doc) -> int:
+        return int(await self._c.count_documents(filter))
+
+    async def estimated_count(self) -> int:
+        return int(await self._c.estimated_document_count())
+
+    async def insert_one(self, doc: Doc, *, session: _Session | None = None) -> None:
+        await self._c.insert_one(doc, session=_raw(session))
+
+    async def update_one(
+        self, filter: Doc, update: Doc, *, upsert: bool = False, session: _Session | None = None
+    ) -> _Write:
+        return _write_result(
+            await self._c.update_one(filter, update, upsert=upsert, session=_raw(session))
+        )
+
+    async def find_one_and_update(
+        self, filter: Doc, update: Doc, *, upsert: bool = False, after: bool = True
+    ) -> Doc | None:
+        from pymongo import ReturnDocument
+
+        result = await self._c.find_one_and_update(
+            filter,
+            update,
+            upsert=upsert,
+            return_document=ReturnDocument.AFTER if after else ReturnDocument.BEFORE,
+        )
+        return None if result is None else dict(result)
+
+    async def delete_one(self, filter: Doc) -> int:
+        return int((await self._c.delete_one(filter)).deleted_count)
+
+    async def aggregate(self, pipeline: list[Doc], *, session: _Session | None = None) -> list[Doc]:
+        cursor = await self._c.aggregate(pipeline, session=_raw(session))
+        return [dict(doc) for doc in await cursor.to_list(None)]
+
+    async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None:
+        await self._c.create_index(keys, **options)
+
+
+class _AsyncDb(_Db):
+    """pymongo's ``AsyncMongoClient`` database (asyncio only)."""
+
+    def __init__(self, database: Any) -> None:
+        self._database = database
+        self._transactions: bool | None = None
+
+    def collection(self, name: str) -> _Coll:
+        return _AsyncColl(self._database[name])
+
+    async def supports_transactions(self) -> bool:
+        if self._transactions is None:
+            reply = await self._database.client.admin.command("hello")
+            self._transactions = _hello_has_transactions(reply)
+        return self._transactions
+
+    async def start_session(self) -> _Session:
+        return _AsyncSession(self._database.client.start_session())
+
+    async def close(self) -> None:
+        await self._database.client.close()
+
+
+def _is_async_client(client: object) -> bool:
+    try:
+        from pymongo import AsyncMongoClient
+    except ImportError:  # pragma: no cover - pymongo < 4.9
+        return False
+    return isinstance(client, AsyncMongoClient)
+
+
+# -------------------------------------------------------------------- connection
+
+
+class MongoConnection:
+    """One client and database shared by the Mongo ports.
+
+    Args:
+        client_or_url: a ``mongodb://`` URL, a ``pymongo.MongoClient``, a
+            ``mongomock.MongoClient`` or a ``pymongo.AsyncMongoClient``.
+        database: the database name.
+        transactions: use multi-document transactions; ``None`` (default)
+            detects them (replica set or sharded cluster).
+        async_client: for a URL, create an ``AsyncMongoClient`` (asyncio
+            only) instead of a ``MongoClient`` run in worker threads.
+        client_options: extra keyword arguments for a client created from a
+            URL.
+
+    A client created here from a URL is closed when the first port's exit
+    stack closes; a client passed in belongs to the caller.
+    """
+
+    def __init__(
+        self,
+        client_or_url: Any,
+        *,
+        database: str,
+        transactions: bool | None = None,
+        async_client: bool = False,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._source = client_or_url
+        self.database = _plain("database", database)
+        self._forced_transactions = transactions
+        self._async_client = async_client
+        self._client_options = dict(client_options or {})
+        self._db: _Db | None = None
+        self._owned = False
+        self._close_registered = False
+        self._opening = threading.Lock()
+
+    def _build(self) -> _Db:
+        source = self._source
+        if isinstance(source, str):
+            options: Doc = {"tz_aware": True, **self._client_options}
+            if self._async_client:
+                from pymongo import AsyncMongoClient
+
+                client: Any = AsyncMongoClient(source, **options)
+            else:
+                from pymongo import MongoClient
+
+                client = MongoClient(source, **options)
+            self._owned = True
+        else:
+            client = source
+        if _is_async_client(client):
+            return _AsyncDb(client[self.database])
+        serialize = type(client).__module__.startswith("mongomock")
+        return _ThreadedDb(client[self.database], serialize=serialize)
+
+    def db(self) -> _Db:
+        """The database facade (creates the client on first use; no I/O)."""
+        with self._opening:
+            if self._db is None:
+                self._db = self._build()
+            return self._db
+
+    async def transactions(self) -> bool:
+        """Whether writes that span documents run in transactions."""
+        if self._forced_transactions is not None:
+            return self._forced_transactions
+        return await self.db().supports_transactions()
+
+    async def start(self, exit_stack: AsyncExitStack) -> None:
+        self.db()
+        if self._owned and not self._close_registered:
+            self._close_registered = True
+            exit_stack.push_async_callback(self.aclose)
+        await self.transactions()
+
+    async def aclose(self) -> None:
+        """Close a client this connection created."""
+        db, self._db = self._db, None
+        if db is not None and self._owned:
+            await db.close()
+
+
+async def _create_indexes(
+    coll: _Coll, specs: Iterable[tuple[str, list[tuple[str, int]], Doc]]
+) -> None:
+    errors = _errors()
+    for name, keys, options in specs:
+        try:
+            await coll.create_index(keys, name=_INDEX_PREFIX + name, **options)
+        except errors.OperationFailure as exc:
+            # 85/86: an equivalent index exists under another name (e.g. the
+            # seed's own), or ours changed options: keep what is there.
+            if exc.code in (85, 86):
+                logger.warning("index %s on %s not created: %s", name, coll.name, exc)
+            else:
+                raise
+
+
+class _MongoPort:
+    """Lifecycle shared by the Mongo ports."""
+
+    def __init__(self, connection: MongoConnection, *, ensure_indexes: bool) -> None:
+        self.connection = connection
+        self._ensure = ensure_indexes
+
+    def _coll(self, name: str) -> _Coll:
+        return self.connection.db().collection(name)
+
+    async def start(self, exit_stack: AsyncExitStack) -> None:
+        await self.connection.start(exit_stack)
+        if self._ensure:
+            await self.ensure_indexes()
+
+    async def ensure_indexes(self) -> None:
+        """Create this port's indexes (idempotent)."""
+
+
+# ------------------------------------------------------------------------- chats
+
+
+def _watch_since(chat: Chat, awaiting_tag: str) -> datetime | None:
+    if (
+        chat.is_open
+        and chat.last_interaction_by is Interlocutor.EXECUTIVE
+        and awaiting_tag not in chat.tags
+    ):
+        return chat.last_outgoing_message
+    return None
+
+
+def _chat_doc(chat: Chat, awaiting_tag: str) -> Doc:
+    """The stored fields of a chat (everything but ``_id``/``_v``)."""
+    return {
+        "customer_id": chat.customer_id,
+        "customer_name": chat.customer_name,
+        "customer_type": chat.customer_type,
+        "created_at": chat.created_at,
+        "opened_at": chat.opened_at,
+        "last_incoming_message": chat.last_incoming_message,
+        "last_outgoing_message": chat.last_outgoing_message,
+        "last_interaction_by": None
+        if chat.last_interaction_by is None
+        else chat.last_interaction_by.value,
+        "last_message": chat.last_message,
+        "last_activity_at": chat.last_activity_at,
+        "is_resolved": chat.is_resolved,
+        "resolved_at": chat.resolved_at,
+        "tags": list(chat.tags),
+        "assigned_executive_id": chat.assigned_executive_id,
+        "assigned_at": chat.assigned_at,
+        "queued_at": chat.queued_at,
+        "awaiting_watch_since": _watch_since(chat, awaiting_tag),
+    }
+
+
+_SPEAKERS = frozenset(i.value for i in Interlocutor)
+
+
+def _created_from_id(raw_id: object) -> datetime | None:
+    generation_time = getattr(raw_id, "generation_time", None)
+    return _aware(generation_time)
+
+
+def _chat_from_doc(doc: Mapping[str, Any]) -> Chat:
+    """A chat from its document, tolerating a Smart Chat V2 document that
+    lacks the fields this library added."""
+    raw_id = doc["_id"]
+    incoming = _aware(doc.get("last_incoming_message"))
+    outgoing = _aware(doc.get("last_outgoing_message"))
+    created = _aware(doc.get("created_at")) or _created_from_id(raw_id) or incoming or _EPOCH
+    activity = _aware(doc.get("last_activity_at"))
+    if activity is None:
+        activity = max(t for t in (created, incoming, outgoing) if t is not None)
+    speaker = doc.get("last_interaction_by")
+    interlocutor = Interlocutor(speaker) if speaker in _SPEAKERS else None
+    is_resolved = bool(doc.get("is_resolved", False))
+    assignee = _str_or_none(doc.get("assigned_executive_id"))
+    if "queued_at" in doc:
+        queued = _aware(doc.get("queued_at"))
+    else:
+        queued = (incoming or created) if not is_resolved and assignee is None else None
+    raw_tags = doc.get("tags") or ()
+    tags = tuple(dict.fromkeys(str(t) for t in raw_tags)) if isinstance(raw_tags, list) else ()
+    return Chat(
+        id=str(raw_id),
+        customer_id=str(doc.get("customer_id") or ""),
+        customer_name=str(doc.get("customer_name") or ""),
+        customer_type=str(doc.get("customer_type") or ""),
+        created_at=created,
+        opened_at=_aware(doc.get("opened_at")) or created,
+        last_incoming_message=incoming,
+        last_outgoing_message=outgoing,
+        last_interaction_by=interlocutor,
+        last_message=str(doc.get("last_message") or ""),
+        last_activity_at=activity,
+        is_resolved=is_resolved,
+        resolved_at=_aware(doc.get("resolved_at")),
+        tags=tags,
+        assigned_executive_id=assignee,
+        assigned_at=_aware(doc.get("assigned_at")),
+        queued_at=queued,
+    )
+
+
+def _type_counter(customer_type: str, shard: int) -> str:
+    return f"type:{shard}:{customer_type}"
+
+
+def _shard_of(chat_id: str, shards: int) -> int:
+    return zlib.crc32(chat_id.encode()) % shards if shards > 1 else 0
+
+
+def _contributions(chat: Chat | None, awaiting_tag: str, shards: int) -> dict[str, dict[str, int]]:
+    """What the chat adds to each counter document."""
+    if chat is None or chat.is_resolved:
+        return {}
+    awaiting = int(awaiting_tag in chat.tags)
+    assignee = chat.assigned_executive_id
+    result = {
+        _type_counter(chat.customer_type, _shard_of(chat.id, shards)): {
+            "open": 1,
+            "unassigned": int(assignee is None),
+            "awaiting": awaiting,
+        }
+    }
+    if assignee is not None:
+        result[f"executive:{assignee}"] = {"open_chats": 1, "awaiting_chats": awaiting}
+    return result
+
+
+def _deltas(
+    old: Chat | None, new: Chat, awaiting_tag: str, shards: int
+) -> dict[str, dict[str, int]]:
+    before = _contributions(old, awaiting_tag, shards)
+    after = _contributions(new, awaiting_tag, shards)
+    result: dict[str, dict[str, int]] = {}
+    for counter in sorted(set(before) | set(after)):
+        fields = set(before.get(counter, {})) | set(after.get(counter, {}))
+        change = {
+            f: after.get(counter, {}).get(f, 0) - before.get(counter, {}).get(f, 0)
+            for f in sorted(fields)
+        }
+        change = {f: n for f, n in change.items() if n}
+        if change:
+            result[counter] = change
+    return result
+
+
+def _counter_identity(counter_id: str) -> Doc:
+    kind, _, key = counter_id.partition(":")
+    if kind != "type":
+        return {"kind": kind, "key": key}
+    shard, _, key = key.partition(":")
+    return {"kind": kind, "key": key, "shard": int(shard)}
+
+
+_TYPE_ZEROS = {"open": 0, "unassigned": 0, "awaiting": 0}
+_EXECUTIVE_ZEROS = {"open_chats": 0, "awaiting_chats": 0}
+
+
+def _zeros(counter_id: str) -> Doc:
+    return dict(_TYPE_ZEROS if counter_id.startswith("type:") else _EXECUTIVE_ZEROS)
+
+
+@attrs.frozen
+class _Raw:
+    """A chat as read: the document and the model."""
+
+    doc: Doc | None
+    chat: Chat | None
+
+
+_AT_CAPACITY = object()
+_ABORT = object()
+
+
+class MongoChatStore(_MongoPort, ChatStore):
+    """Chats and their counters in MongoDB.  See the module docstring for the
+    write protocol and its guarantees.
+
+    Args:
+        connection: the shared :class:`MongoConnection`.
+        awaiting_tag: :attr:`Settings.awaiting_tag`.
+        chats_collection: :attr:`Settings.chats_collection`.
+        counters_collection: where the counters live.
+        clock: times the markers of the transaction-less protocol.
+        lease: how old a ``_pending`` marker must be before another process
+            completes it.
+        type_counter_shards: how many documents each customer type's
+            counters are spread over (a chat always moves the same one; reads
+            add them up), so that concurrent transactions do not all
+            conflict on one hot document.
+        ensure_indexes: create the indexes in ``start``.
+    """
+
+    def __init__(
+        self,
+        connection: MongoConnection,
+        *,
+        awaiting_tag: str = "awaiting",
+        chats_collection: str = "v2_chats",
+        counters_collection: str = DEFAULT_COUNTERS_COLLECTION,
+        clock: Clock | None = None,
+        lease: timedelta = timedelta(seconds=30),
+        type_counter_shards: int = 8,
+        ensure_indexes: bool = True,
+    ) -> None:
+        super().__init__(connection, ensure_indexes=ensure_indexes)
+        if type_counter_shards < 1:
+            raise ValueError("type_counter_shards must be at least 1")
+        self.type_counter_shards = type_counter_shards
+        self.awaiting_tag = awaiting_tag
+        self.chats_collection = chats_collection
+        self.counters_collection = counters_collection
+        if clock is None:
+            from .memory import SystemClock
+
+            clock = SystemClock()
+        self.clock = clock
+        self.lease = lease
+
+    @property
+    def _chats(self) -> _Coll:
+        return self._coll(self.chats_collection)
+
+    @property
+    def _counters(self) -> _Coll:
+        return self._coll(self.counters_collection)
+
+    # ----------------------------------------------------------------- indexes
+    @_translated
+    async def ensure_indexes(self) -> None:
+        """Create every index the hot queries need (idempotent)."""
+        no_sort = (("last_activity_at", -1), ("_id", 1))
+        await _create_indexes(
+            self._chats,
+            [
+                ("customer", [("customer_id", 1)], {"unique": True}),
+                (
+                    "sla_due",
+                    [("last_incoming_message", 1), ("_id", 1)],
+                    {
+                        "partialFilterExpression": {
+                            "is_resolved": False,
+                            "last_interaction_by": Interlocutor.CUSTOMER.value,
+                        }
+                    },
+                ),
+                (
+                    "awaiting_due",
+                    [("awaiting_watch_since", 1), ("_id", 1)],
+                    {"partialFilterExpression": {"awaiting_watch_since": {"$gte": _MIN_DATE}}},
+                ),
+                (
+                    "waiting",
+                    [("customer_type", 1), ("queued_at", 1), ("_id", 1)],
+                    {"partialFilterExpression": {"queued_at": {"$gte": _MIN_DATE}}},
+                ),
+                (
+                    "open_by_executive",
+                    [("assigned_executive_id", 1), ("assigned_at", 1), ("_id", 1)],
+                    {"partialFilterExpression": {"is_resolved": False}},
+                ),
+                ("list_all", list(no_sort), {}),
+                ("list_status", [("is_resolved", 1), *no_sort], {}),
+                ("list_type", [("customer_type", 1), *no_sort], {}),
+                ("list_assignee", [("assigned_executive_id", 1), *no_sort], {}),
+                ("list_tag", [("tags", 1), *no_sort], {}),
+                ("list_sender", [("last_interaction_by", 1), *no_sort], {}),
+                ("pending", [("_pending.at", 1)], {"sparse": True}),
+            ],
+        )
+
+    # -------------------------------------------------------------- hot queries
+    # Each returns (filter, sort): the tests explain exactly these.
+    def sla_due_query(self, cutoff: datetime) -> tuple[Doc, list[tuple[str, int]]]:
+        return (
+            {
+                "is_resolved": False,
+                "last_interaction_by": Interlocutor.CUSTOMER.value,
+                "last_incoming_message": _at_or_before(cutoff),
+            },
+            [("last_incoming_message", 1), ("_id", 1)],
+        )
+
+    def awaiting_due_query(self, cutoff: datetime) -> tuple[Doc, list[tuple[str, int]]]:
+        return (
+            {"awaiting_watch_since": {"$gte": _MIN_DATE, **_at_or_before(cutoff)}},
+            [("awaiting_watch_since", 1), ("_id", 1)],
+        )
+
+    def waiting_query(self, customer_type: str) -> tuple[Doc, list[tuple[str, int]]]:
+        return (
+            {"customer_type": customer_type, "queued_at": {"$gte": _MIN_DATE}},
+            [("queued_at", 1), ("_id", 1)],
+        )
+
+    def open_chats_query(self, executive_id: str) -> tuple[Doc, list[tuple[str, int]]]:
+        return (
+            {"assigned_executive_id": executive_id, "is_resolved": False},
+            [("assigned_at", 1), ("_id", 1)],
+        )
+
+    def listing_query(self, query: ChatQuery) -> tuple[Doc, list[tuple[str, int]]]:
+        filter: Doc = {}
+        if query.status is ChatStatusFilter.OPEN:
+            filter["is_resolved"] = False
+        elif query.status is ChatStatusFilter.RESOLVED:
+            filter["is_resolved"] = True
+        if query.customer_type is not None:
+            filter["customer_type"] = _plain("customer_type", query.customer_type)
+        if query.assigned_executive_id is not None:
+            assignee = _plain("assigned_executive_id", query.assigned_executive_id)
+            filter["assigned_executive_id"] = None if assignee == UNASSIGNED else assignee
+        if query.tag is not None:
+            filter["tags"] = _plain("tag", query.tag)
+        if query.sender is not None:
+            filter["last_interaction_by"] = Interlocutor(query.sender).value
+        if query.search:
+            pattern = {"$regex": re.escape(_plain("search", query.search)), "$options": "i"}
+            filter["$or"] = [
+                {"customer_name": pattern},
+                {"customer_id": pattern},
+                {"last_message": pattern},
+            ]
+        return filter, [("last_activity_at", -1), ("_id", 1)]
+
+    # ------------------------------------------------------------------- reads
+    async def _find_chats(
+        self, query: tuple[Doc, list[tuple[str, int]]], *, limit: int = 0, skip: int = 0
+    ) -> list[Chat]:
+        filter, sort = query
+        docs = await self._chats.find(filter, sort=sort, limit=limit, skip=skip)
+        return [_chat_from_doc(doc) for doc in docs]
+
+    @_translated
+    async def get(self, chat_id: str) -> Chat | None:
+        doc = await self._chats.find_one({"_id": _id_filter(_plain("chat_id", chat_id))})
+        return None if doc is None else _chat_from_doc(doc)
+
+    @_translated
+    async def sla_due(self, cutoff: datetime, *, limit: int) -> Sequence[Chat]:
+        if limit <= 0:
+            return []
+        return await self._find_chats(self.sla_due_query(_ms(cutoff)), limit=limit)
+
+    @_translated
+    async def awaiting_due(self, cutoff: datetime, *, limit: int) -> Sequence[Chat]:
+        if limit <= 0:
+            return []
+        return await self._find_chats(self.awaiting_due_query(_ms(cutoff)), limit=limit)
+
+    @_translated
+    async def waiting(self, customer_type: str, *, limit: int) -> Sequence[Chat]:
+        if limit <= 0:
+            return []
+        query = self.waiting_query(_plain("customer_type", customer_type))
+        return await self._find_chats(query, limit=limit)
+
+    @_translated
+    async def open_chats_of(self, executive_id: str) -> Sequence[Chat]:
+        return await self._find_chats(self.open_chats_query(_plain("executive_id", executive_id)))
+
+    @_translated
+    async def query(self, query: ChatQuery) -> ChatPage:
+        filter, sort = self.listing_query(query)
+        items = await self._find_chats((filter, sort), limit=query.limit, skip=query.offset)
+        total = await self._chats.count(filter) if filter else await self._chats.estimated_count()
+        return ChatPage(items=tuple(items), total=total, limit=query.limit, offset=query.offset)
+
+    @_translated
+    async def executive_counters(
+        self, executive_ids: Iterable[str]
+    ) -> dict[str, ExecutiveCounters]:
+        ids = [_plain("executive_id", e) for e in executive_ids]
+        result = {e: ExecutiveCounters() for e in ids}
+        if not ids:
+            return result
+        docs = await self._counters.find({"_id": {"$in": [f"executive:{e}" for e in ids]}})
+        for doc in docs:
+            key = str(doc["_id"]).partition(":")[2]
+            result[key] = ExecutiveCounters(
+                int(doc.get("open_chats", 0)), int(doc.get("awaiting_chats", 0))
+            )
+        return result
+
+    @_translated
+    async def type_counters(self) -> dict[str, TypeCounters]:
+        totals: dict[str, list[int]] = {}
+        for doc in await self._counters.find({"kind": "type"}, sort=[("_id", 1)]):
+            key = doc.get("key")
+            if not isinstance(key, str):
+                continue
+            sums = totals.setdefault(key, [0, 0, 0])
+            for index, field in enumerate(("open", "unassigned", "awaiting")):
+                sums[index] += int(doc.get(field, 0))
+        return {key: TypeCounters(*sums) for key, sums in totals.items()}
+
+    # ------------------------------------------------------------ write engine
+    async def _read(self, filter: Doc) -> _Raw:
+        """Read a chat for writing: wait for (or complete) a pending change."""
+        waited = 0.0
+        delay = 0.001
+        while True:
+            doc = await self._chats.find_one(filter)
+            if doc is None:
+                return _Raw(None, None)
+            marker = doc.get("_pending")
+            if not marker:
+                return _Raw(doc, _chat_from_doc(doc))
+            if await self._take_over(doc, marker):
+                continue
+            if waited >= _SETTLE_SECONDS:
+                raise BackendError(
+                    f"chat {doc['_id']!r} has an unfinished change started at "
+                    f"{marker.get('at')}; it is completed after the lease "
+                    f"({self.lease}) by the next write or repair()"
+                )
+            await anyio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.05)
+
+    async def _take_over(self, doc: Doc, marker: Doc) -> bool:
+        """Complete a marker whose lease ran out (one taker wins).  Returns
+        whether the chat should be read again."""
+        at = _aware(marker.get("at"))
+        now = _ms(self.clock.now())
+        if at is not None and at + self.lease > now:
+            return False
+        claimed = await self._chats.update_one(
+            {"_id": doc["_id"], "_pending.token": marker["token"], "_pending.at": marker.get("at")},
+            {"$set": {"_pending.at": now}},
+        )
+        if claimed.matched:
+            logger.warning(
+                "completing the unfinished change %s of chat %r", marker["token"], doc["_id"]
+            )
+            await self._complete(doc["_id"], {**marker, "at": now})
+        return True
+
+    async def _run(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt`` until it does not hit a concurrent change."""
+        for number in _Retries("a chat write"):
+            try:
+                return await attempt()
+            except _Conflict:
+                await _backoff(number)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _write(
+        self, raw: _Raw, new: Chat, *, capacity: tuple[str, int] | None = None
+    ) -> bool:
+        """Store ``new`` in place of ``raw`` with its counters.
+
+        Returns False (and changes nothing) when the executive of
+        ``capacity`` is at capacity.  Raises :class:`_Conflict` when the chat
+        changed since ``raw`` was read.
+        """
+        deltas = _deltas(raw.chat, new, self.awaiting_tag, self.type_counter_shards)
+        fields = _chat_doc(new, self.awaiting_tag)
+        if raw.doc is None:
+            changed = fields
+        else:
+            changed = {k: v for k, v in fields.items() if k not in raw.doc or raw.doc[k] != v}
+            if not changed:
+                return True
+        if capacity is not None and capacity[0] not in deltas:
+            capacity = None
+        if not deltas:
+            assert raw.doc is not None
+            await self._cas(raw.doc, changed)
+            return True
+        if await self.connection.transactions():
+            return await self._write_in_transaction(raw, new, changed, deltas, capacity)
+        return await self._write_ordered(raw, new, changed, deltas, capacity)
+
+    async def _cas(
+        self, doc: Doc, changed: Doc, *, session: Any = None, extra: Doc | None = None
+    ) -> None:
+        update: Doc = {"$set": {**changed, **(extra or {})}, "$inc": {"_v": 1}}
+        result = await self._chats.update_one(
+            {"_id": doc["_id"], "_v": doc.get("_v")}, update, session=session
+        )
+        if not result.matched:
+            raise _Conflict
+
+    async def _insert(
+        self, new: Chat, fields: Doc, *, session: Any = None, extra: Doc | None = None
+    ) -> None:
+        try:
+            await self._chats.insert_one(
+                {"_id": new.id, **fields, **(extra or {}), "_v": 1}, session=session
+            )
+        except _errors().DuplicateKeyError as exc:
+            raise _Conflict from exc
+
+    # -- with transactions
+    async def _transaction(self, body: Callable[[_Session], Awaitable[object]]) -> object:
+        errors = _errors()
+        db = self.connection.db()
+        for number in _Retries("a transaction"):
+            session = await db.start_session()
+            try:
+                await session.start_transaction()
+                try:
+                    result = await body(session)
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        with suppress(errors.PyMongoError):
+                            await session.abort()
+                    raise
+                if result is _ABORT or result is _AT_CAPACITY:
+                    await session.abort()
+                    return result
+                await self._commit(session)
+                return result
+            except errors.PyMongoError as exc:
+                if exc.has_error_label("TransientTransactionError"):
+                    await _backoff(number)
+                    continue
+                raise
+            finally:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await session.end()
+                    except errors.PyMongoError:
+                        logger.debug("ending a MongoDB session failed", exc_info=True)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    async def _commit(session: _Session) -> None:
+        errors = _errors()
+        for _ in range(5):
+            try:
+                await session.commit()
+                return
+            except errors.PyMongoError as exc:
+                if exc.has_error_label("UnknownTransactionCommitResult"):
+                    continue
+                raise
+        await session.commit()
+
+    async def _write_in_transaction(
+        self,
+        raw: _Raw,
+        new: Chat,
+        changed: Doc,
+        deltas: dict[str, dict[str, int]],
+        capacity: tuple[str, int] | None,
+    ) -> bool:
+        async def body(session: _Session) -> object:
+            if capacity is not None:
+                counter, limit = capacity
+                doc = await self._counters.find_one({"_id": counter}, session=session)
+                held = 0 if doc is None else int(doc.get("open_chats", 0))
+                if held >= limit:
+                    return _AT_CAPACITY
+            if raw.doc is None:
+                await self._insert(new, changed, session=session)
+            else:
+                await self._cas(raw.doc, changed, session=session)
+            for counter, change in deltas.items():
+                try:
+                    await self._counters.update_one(
+                        {"_id": counter},
+                        {"$inc": change, "$setOnInsert": _counter_identity(counter)},
+                        upsert=True,
+                        session=session,
+                    )
+                except _errors().DuplicateKeyError as exc:
+                    raise _Conflict from exc
+            return None
+
+        return await self._transaction(body) is not _AT_CAPACITY
+
+    # -- without transactions
+    async def _write_ordered(
+        self,
+        raw: _Raw,
+        new: Chat,
+        changed: Doc,
+        deltas: dict[str, dict[str, int]],
+        capacity: tuple[str, int] | None,
+    ) -> bool:
+        if capacity is not None:
+            counter, limit = capacity
+            doc = await self._counters.find_one({"_id": counter})
+            held = int(doc.get("open_chats", 0)) if doc is not None else 0
+            if held >= limit:
+                return False
+            if doc is None:
+                await self._ensure_counter(counter)
+        marker: Doc = {
+            "token": uuid.uuid4().hex,
+            "at": _ms(self.clock.now()),
+            "deltas": [{"id": c, "inc": d} for c, d in deltas.items()],
+            "capacity": None if capacity is None else {"id": capacity[0], "limit": capacity[1]},
+            "undo": None if raw.doc is None else {k: raw.doc.get(k) for k in changed},
+            "unset": [] if raw.doc is None else [k for k in changed if k not in raw.doc],
+        }
+        if raw.doc is None:
+            await self._insert(new, changed, extra={"_pending": marker})
+            raw_id: Any = new.id
+        else:
+            await self._cas(raw.doc, changed, extra={"_pending": marker})
+            raw_id = raw.doc["_id"]
+        errors = _errors()
+        for attempt in range(3):
+            try:
+                return await self._complete(raw_id, marker)
+            except errors.PyMongoError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _ensure_counter(self, counter: str) -> None:
+        await self._counters.update_one(
+            {"_id": counter},
+            {"$setOnInsert": {**_counter_identity(counter), **_zeros(counter), "ops": {}}},
+            upsert=True,
+        )
+
+    async def _complete(self, raw_id: Any, marker: Doc) -> bool:
+        """Apply a marker's counter deltas exactly once, then clear it.
+        Returns False if it rolled the chat back (capacity)."""
+        token = str(marker["token"])
+        op = f"ops.{token}"
+        stamp = {"c": raw_id, "at": marker.get("at")}
+        capacity: Doc = marker.get("capacity") or {}
+        limited_id = capacity.get("id")
+        entries = list(marker.get("deltas") or ())
+        entries.sort(key=lambda e: e["id"] != limited_id)
+        for entry in entries:
+            counter, change = str(entry["id"]), dict(entry["inc"])
+            limited = counter == limited_id
+            while True:
+                filter: Doc = {"_id": counter, op: {"$exists": False}}
+                if limited:
+                    filter["open_chats"] = {"$lt": int(capacity["limit"])}
+                try:
+                    result = await self._counters.update_one(
+                        filter,
+                        {
+                            "$inc": change,
+                            "$set": {op: stamp},
+                            "$setOnInsert": _counter_identity(counter),
+                        },
+                        upsert=not limited,
+                    )
+                except _errors().DuplicateKeyError:
+                    result = _Write(0, 0, False)
+                if result.matched or result.upserted:
+                    break
+                doc = await self._counters.find_one({"_id": counter})
+                if doc is not None and token in (doc.get("ops") or {}):
+                    break  # applied already
+                if doc is None:
+                    await self._ensure_counter(counter)
+                    continue
+                if limited:
+                    if "open_chats" not in doc:
+                        await self._counters.update_one(
+                            {"_id": counter, "open_chats": {"$exists": False}},
+                            {"$set": {"open_chats": 0}},
+                        )
+                        continue
+                    await self._roll_back(raw_id, marker)
+                    return False
+        await self._chats.update_one(
+            {"_id": raw_id, "_pending.token": token},
+            {"$unset": {"_pending": ""}, "$inc": {"_v": 1}},
+        )
+        for entry in entries:
+            await self._counters.update_one({"_id": entry["id"]}, {"$unset": {op: ""}})
+        return True
+
+    async def _roll_back(self, raw_id: Any, marker: Doc) -> None:
+        token = str(marker["token"])
+        undo = marker.get("undo")
+        if undo is None:  # a new chat: it cannot be at capacity
+            await self._chats.update_one(
+                {"_id": raw_id, "_pending.token": token}, {"$unset": {"_pending": ""}}
+            )
+            return
+        unset = dict.fromkeys(marker.get("unset") or (), "")
+        unset["_pending"] = ""
+        restore = {k: v for k, v in undo.items() if k not in unset}
+        update: Doc = {"$unset": unset, "$inc": {"_v": 1}}
+        if restore:
+            update["$set"] = restore
+        await self._chats.update_one({"_id": raw_id, "_pending.token": token}, update)
+
+    # ------------------------------------------------------------------ writes
+    @_translated
+    async def record_incoming(
+        self,
+        *,
+        new_id: str,
+        customer_id: str,
+        customer_name: str,
+        customer_type: str,
+        preview: str,
+        now: datetime,
+    ) -> IncomingResult:
+        new_id = _plain("new_id", new_id)
+        customer_id = _plain("customer_id", customer_id)
+        customer_name = _plain("customer_name", customer_name)
+        customer_type = _plain("customer_type", customer_type)
+        preview = _plain("preview", preview)
+        now = _ms(now)
+
+        async def attempt() -> IncomingResult:
+            raw = await self._read({"customer_id": customer_id})
+            old = raw.chat
+            if old is None:
+                new = Chat(
+                    id=new_id,
+                    customer_id=customer_id,
+                    customer_type=customer_type,
+                    created_at=now,
+                    opened_at=now,
+                    queued_at=now,
+                    customer_name=customer_name,
+                    last_incoming_message=now,
+                    last_activity_at=now,
+                    last_interaction_by=Interlocutor.CUSTOMER,
+                    last_message=preview,
+                )
+                try:
+                    await self._write(raw, new)
+                except _Conflict:
+                    if await self._chats.find_one({"customer_id": customer_id}) is None and (
+                        await self._chats.find_one({"_id": new_id}) is not None
+                    ):
+                        raise ValueError(f"chat id {new_id!r} exists already") from None
+                    raise
+                return IncomingResult(new, True, False, False)
+            if old.is_resolved:
+                new = attrs.evolve(
+                    old,
+                    customer_type=customer_type,
+                    opened_at=now,
+                    is_resolved=False,
+                    resolved_at=None,
+                    tags=(),
+                    assigned_executive_id=None,
+                    assigned_at=None,
+                    queued_at=now,
+                )
+                reopened = True
+            else:
+                reopened = False
+                new = attrs.evolve(old, tags=tuple(t for t in old.tags if t != self.awaiting_tag))
+            removed = self.awaiting_tag in old.tags and not reopened
+            new = attrs.evolve(
+                new,
+                customer_name=customer_name,
+                last_incoming_message=now,
+                last_activity_at=now,
+                last_interaction_by=Interlocutor.CUSTOMER,
+                last_message=preview,
+            )
+            await self._write(raw, new)
+            return IncomingResult(new, False, reopened, removed)
+
+        return await self._run(attempt)
+
+    @_translated
+    async def record_outgoing(
+        self, chat_id: str, *, executive_id: str, preview: str, now: datetime
+    ) -> ChatChange:
+        chat_id = _plain("chat_id", chat_id)
+        executive_id = _plain("executive_id", executive_id)
+        preview = _plain("preview", preview)
+        now = _ms(now)
+
+        async def attempt() -> ChatChange:
+            raw = await self._read({"_id": _id_filter(chat_id)})
+            old = raw.chat
+            if old is None or old.is_resolved or old.assigned_executive_id != executive_id:
+                return ChatChange(old, False)
+            new = attrs.evolve(
+                old,
+                last_outgoing_message=now,
+                last_activity_at=max(now, old.last_activity_at),
+                last_interaction_by=Interlocutor.EXECUTIVE,
+                last_message=preview,
+            )
+            await self._write(raw, new)
+            return ChatChange(new, True)
+
+        return await self._run(attempt)
+
+    @_translated
+    async def assign(
+        self,
+        chat_id: str,
+        executive_id: str,
+        *,
+        expected_from: str | None,
+        capacity: int | None,
+        now: datetime,
+    ) -> AssignResult:
+        chat_id = _plain("chat_id", chat_id)
+        executive_id = _plain("executive_id", executive_id)
+        if expected_from is not None:
+            expected_from = _plain("expected_from", expected_from)
+        now = _ms(now)
+
+        async def attempt() -> AssignResult:
+            raw = await self._read({"_id": _id_filter(chat_id)})
+            old = raw.chat
+            if old is None or old.is_resolved or old.assigned_executive_id != expected_from:
+                return AssignResult(AssignOutcome.CHAT_CHANGED, old)
+            limit = None
+            if capacity is not None and executive_id != expected_from:
+                limit = (f"executive:{executive_id}", capacity)
+            new = attrs.evolve(
+                old, assigned_executive_id=executive_id, assigned_at=now, queued_at=None
+            )
+            if not await self._write(raw, new, capacity=limit):
+                return AssignResult(AssignOutcome.AT_CAPACITY, old)
+            return AssignResult(AssignOutcome.ASSIGNED, new)
+
+        return await self._run(attempt)
+
+    @_translated
+    async def unassign(self, chat_id: str, *, expected_from: str, now: datetime) -> ChatChange:
+        chat_id = _plain("chat_id", chat_id)
+        expected_from = _plain("expected_from", expected_from)
+        now = _ms(now)
+
+        async def attempt() -> ChatChange:
+            raw = await self._read({"_id": _id_filter(chat_id)})
+            old = raw.chat
+            if old is None or old.is_resolved or old.assigned_executive_id != expected_from:
+                return ChatChange(old, False)
+            new = attrs.evolve(old, assigned_executive_id=None, assigned_at=None, queued_at=now)
+            await self._write(raw, new)
+            return ChatChange(new, True)
+
+        return await self._run(attempt)
+
+    async def _retag(self, chat_id: str, tag: str, *, add: bool) -> ChatChange:
+        chat_id = _plain("chat_id", chat_id)
+        tag = _plain("tag", tag)
+
+        async def attempt() -> ChatChange:
+            raw = await self._read({"_id": _id_filter(chat_id)})
+            old = raw.chat
+            if old is None or old.is_resolved or (tag in old.tags) == add:
+                return ChatChange(old, False)
+            tags = (*old.tags, tag) if add else tuple(t for t in old.tags if t != tag)
+            new = attrs.evolve(old, tags=tags)
+            await self._write(raw, new)
+            return ChatChange(new, True)
+
+        return await self._run(attempt)
+
+    @_translated
+    async def add_tag(self, chat_id: str, tag: str) -> ChatChange:
+        return await self._retag(chat_id, tag, add=True)
+
+    @_translated
+    async def remove_tag(self, chat_id: str, tag: str) -> ChatChange:
+        return await self._retag(chat_id, tag, add=False)
+
+    @_translated
+    async def resolve(self, chat_id: str, *, now: datetime) -> ChatChange:
+        chat_id = _plain("chat_id", chat_id)
+        now = _ms(now)
+
+        async def attempt() -> ChatChange:
+            raw = await self._read({"_id": _id_filter(chat_id)})
+            old = raw.chat
+            if old is None or old.is_resolved:
+                return ChatChange(old, False)
+            new = attrs.evolve(old, is_resolved=True, resolved_at=now, tags=(), queued_at=None)
+            await self._write(raw, new)
+            return ChatChange(new, True)
+
+        return await self._run(attempt)
+
+    # ------------------------------------------------------------- maintenance
+    async def _computed_counters(self, session: _Session | None = None) -> dict[str, Doc]:
+        awaiting = {"$cond": [{"$in": [self.awaiting_tag, {"$ifNull": ["$tags", []]}]}, 1, 0]}
+        groups = await self._chats.aggregate(
+            [
+                {"$match": {"is_resolved": False}},
+                {
+                    "$group": {
+                        "_id": {
+                            "t": "$customer_type",
+                            "e": {"$ifNull": ["$assigned_executive_id", None]},
+                        },
+                        "n": {"$sum": 1},
+                        "aw": {"$sum": awaiting},
+                    }
+                },
+            ],
+            session=session,
+        )
+        counters: dict[str, Doc] = {}
+        for group in groups:
+            key = group["_id"]
+            n, aw = int(group["n"]), int(group["aw"])
+            customer_type = str(key.get("t") or "")
+            assignee = key.get("e")
+            totals = counters.setdefault(_type_counter(customer_type, 0), dict(_TYPE_ZEROS))
+            totals["open"] += n
+            totals["awaiting"] += aw
+            if assignee is None:
+                totals["unassigned"] += n
+            else:
+                mine = counters.setdefault(f"executive:{assignee}", dict(_EXECUTIVE_ZEROS))
+                mine["open_chats"] += n
+                mine["awaiting_chats"] += aw
+        return counters
+
+    async def _store_counters(self, session: _Session | None = None) -> None:
+        counters = await self._computed_counters(session)
+        existing = await self._counters.find({}, projection={"_id": 1}, session=session)
+        ids = {str(doc["_id"]) for doc in existing} | set(counters)
+        for counter in sorted(ids):
+            values = counters.get(counter) or _zeros(counter)
+            await self._counters.update_one(
+                {"_id": counter},
+                {"$set": {**values, **_counter_identity(counter)}},
+                upsert=True,
+                session=session,
+            )
+
+    @_translated
+    async def recount(self) -> None:
+        """Rebuild every counter from the chats (in a transaction where
+        available: exact even while others write)."""
+        await self._repair()
+        if await self.connection.transactions():
+
+            async def body(session: _Session) -> object:
+                await self._store_counters(session)
+                return None
+
+            await self._transaction(body)
+        else:
+            await self._store_counters()
+
+    @_translated
+    async def repair(self) -> int:
+        """Complete the unfinished changes whose lease ran out and drop
+        counter tokens left behind; returns how many changes it completed.
+
+        Cheap when there is nothing to do (one indexed query); call it
+        periodically (the inactivity monitor does).
+        """
+        return await self._repair()
+
+    async def _repair(self) -> int:
+        now = _ms(self.clock.now())
+        cutoff = now - self.lease
+        completed = 0
+        stale = await self._chats.find({"_pending.at": _at_or_before(cutoff)}, limit=_REPAIR_BATCH)
+        for doc in stale:
+            marker = doc.get("_pending")
+            if marker and await self._take_over(doc, marker):
+                completed += 1
+        for counter in await self._counters.find({"ops": {"$exists": True, "$ne": {}}}):
+            for token, stamp in dict(counter.get("ops") or {}).items():
+                at = _aware((stamp or {}).get("at"))
+                if at is not None and at > cutoff:
+                    continue
+                chat = await self._chats.find_one({"_id": (stamp or {}).get("c")})
+                marker = (chat or {}).get("_pending") or {}
+                if marker.get("token") != token:
+                    await self._counters.update_one(
+                        {"_id": counter["_id"]}, {"$unset": {f"ops.{token}": ""}}
+                    )
+        return completed
+
+    @_translated
+    async def migrate(self) -> int:
+        """One-off upgrade of a Smart Chat V2 collection: backfill
+        ``opened_at``, ``last_message``, ``last_activity_at``, ``queued_at``,
+        ``awaiting_watch_since`` (and normalise ``tags``) on every chat that
+        lacks or disagrees with them, then rebuild the counters.  Idempotent;
+        returns how many chats it changed.  Run it with the app stopped (or
+        at least once after the last old-version writer stopped)."""
+        changed = 0
+        # Page by _id within each BSON type (a range on _id never crosses types).
+        for id_type in ("string", "objectId", "int", "long", "double"):
+            last_id: Any = None
+            while True:
+                page: Doc = {"$type": id_type}
+                if last_id is not None:
+                    page["$gt"] = last_id
+                docs = await self._chats.find({"_id": page}, sort=[("_id", 1)], limit=500)
+                if not docs:
+                    break
+                for doc in docs:
+                    fields = _chat_doc(_chat_from_doc(doc), self.awaiting_tag)
+                    update = {k: v for k, v in fields.items() if k not in doc or doc[k] != v}
+                    if update:
+                        result = await self._chats.update_one(
+                            {"_id": doc["_id"], "_v": doc.get("_v")},
+                            {"$set": update, "$inc": {"_v": 1}},
+                        )
+                        changed += result.modified
+                last_id = docs[-1]["_id"]
+        await self.recount()
+        return changed
+
+    # ------------------------------------------------------------- for tests
+    @_translated
+    async def pending_count(self) -> int:
+        """How many chats carry an unfinished change (tests, monitoring)."""
+        return await self._chats.count({"_pending": {"$exists": True}})
+
+
+# -------------------------------------------------------------------- executives
+
+
+def _executive_from_doc(doc: Mapping[str, Any]) -> Executive:
+    types = doc.get("customer_types")
+    if types is None and doc.get("customer_type") is not None:
+        types = [doc["customer_type"]]
+    status = doc.get("status")
+    capacity = doc.get("max_open_chats")
+    return Executive(
+        id=str(doc["_id"]),
+        name=str(doc.get("name") or ""),
+        customer_types=frozenset(str(t) for t in (types or ())),
+        status=ExecutiveStatus(status)
+        if status in {s.value for s in ExecutiveStatus}
+        else ExecutiveStatus.OFFLINE,
+        last_active_at=_aware(doc.get("last_active_at")),
+        max_open_chats=None if capacity is None else int(capacity),
+    )
+
+
+class MongoExecutiveStore(_MongoPort, ExecutiveStore):
+    """Executives (``Settings.executives_collection``): ``_id``, ``name``,
+    ``customer_types`` (array), ``status``, ``last_active_at``,
+    ``max_open_chats``; written by compare-and-set on ``_v``."""
+
+    def __init__(
+        self,
+        connection: MongoConnection,
+        *,
+        collection: str = "v2_executives",
+        ensure_indexes: bool = True,
+    ) -> None:
+        super().__init__(connection, ensure_indexes=ensure_indexes)
+        self.collection = collection
+
+    @property
+    def _c(self) -> _Coll:
+        return self._coll(self.collection)
+
+    @_translated
+    async def ensure_indexes(self) -> None:
+        await _create_indexes(
+            self._c,
+            [
+                ("presence", [("status", 1), ("last_active_at", 1), ("_id", 1)], {}),
+                ("type_status", [("customer_types", 1), ("status", 1), ("_id", 1)], {}),
+            ],
+        )
+
+    def inactive_queries(self, cutoff: datetime) -> list[tuple[Doc, list[tuple[str, int]]]]:
+        sort = [("last_active_at", 1), ("_id", 1)]
+        return [
+            ({"status": status.value, "last_active_at": _at_or_before(cutoff)}, sort)
+            for status in (ExecutiveStatus.ONLINE, ExecutiveStatus.AWAY)
+        ]
+
+    async def _cas(self, doc: Doc, changes: Doc) -> None:
+        result = await self._c.update_one(
+            {"_id": doc["_id"], "_v": doc.get("_v")}, {"$set": changes, "$inc": {"_v": 1}}
+        )
+        if not result.matched:
+            raise _Conflict
+
+    async def _run(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        for number in _Retries("an executive write"):
+            try:
+                return await attempt()
+            except _Conflict:
+                await _backoff(number)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @_translated
+    async def upsert(
+        self,
+        executive_id: str,
+        *,
+        name: str,
+        customer_types: frozenset[str],
+        max_open_chats: int | None,
+    ) -> tuple[Executive | None, Executive]:
+        executive_id = _plain("executive_id", executive_id)
+        name = _plain("name", name)
+        types = sorted(_plain("customer_types", t) for t in customer_types)
+        profile = {"name": name, "customer_types": types, "max_open_chats": max_open_chats}
+
+        async def attempt() -> tuple[Executive | None, Executive]:
+            doc = await self._c.find_one({"_id": _id_filter(executive_id)})
+            if doc is None:
+                new = {
+                    "_id": executive_id,
+                    **profile,
+                    "status": ExecutiveStatus.OFFLINE.value,
+                    "last_active_at": None,
+                    "_v": 1,
+                }
+                try:
+                    await self._c.insert_one(new)
+                except _errors().DuplicateKeyError as exc:
+                    raise _Conflict from exc
+                return None, _executive_from_doc(new)
+            before = _executive_from_doc(doc)
+            await self._cas(doc, profile)
+            return before, _executive_from_doc({**doc, **profile})
+
+        return await self._run(attempt)
+
+    @_translated
+    async def get(self, executive_id: str) -> Executive | None:
+        doc = await self._c.find_one({"_id": _id_filter(_plain("executive_id", executive_id))})
+        return None if doc is None else _executive_from_doc(doc)
+
+    @_translated
+    async def list(
+        self, *, customer_type: str | None = None, status: ExecutiveStatus | None = None
+    ) -> Sequence[Executive]:
+        filter: Doc = {}
+        if customer_type is not None:
+            filter["customer_types"] = _plain("customer_type", customer_type)
+        if status is not None:
+            filter["status"] = ExecutiveStatus(status).value
+        docs = await self._c.find(filter, sort=[("_id", 1)])
+        executives = [_executive_from_doc(doc) for doc in docs]
+        return sorted(executives, key=lambda e: e.id)
+
+    @_translated
+    async def set_status(
+        self, executive_id: str, status: ExecutiveStatus, *, now: datetime
+    ) -> StatusChange | None:
+        executive_id = _plain("executive_id", executive_id)
+        status = ExecutiveStatus(status)
+        now = _ms(now)
+
+        async def attempt() -> StatusChange | None:
+            doc = await self._c.find_one({"_id": _id_filter(executive_id)})
+            if doc is None:
+                return None
+            before = _executive_from_doc(doc)
+            last = max(now, before.last_active_at) if before.last_active_at else now
+            changes = {"status": status.value, "last_active_at": last}
+            await self._cas(doc, changes)
+            return StatusChange(before, _executive_from_doc({**doc, **changes}))
+
+        return await self._run(attempt)
+
+    @_translated
+    async def touch(self, executive_id: str, *, now: datetime) -> Executive | None:
+        executive_id = _plain("executive_id", executive_id)
+        now = _ms(now)
+
+        async def attempt() -> Executive | None:
+            doc = await self._c.find_one({"_id": _id_filter(executive_id)})
+            if doc is None:
+                return None
+            before = _executive_from_doc(doc)
+            if before.last_active_at is not None and before.last_active_at >= now:
+                return before
+            await self._cas(doc, {"last_active_at": now})
+            return attrs.evolve(before, last_active_at=now)
+
+        return await self._run(attempt)
+
+    @_translated
+    async def inactive(self, cutoff: datetime, *, limit: int) -> Sequence[Executive]:
+        if limit <= 0:
+            return []
+        found: list[Executive] = []
+        for filter, sort in self.inactive_queries(_ms(cutoff)):
+            docs = await self._c.find(filter, sort=sort, limit=limit)
+            found.extend(_executive_from_doc(doc) for doc in docs)
+        found.sort(key=lambda e: (_ts(e.last_active_at), e.id))
+        return found[:limit]
+
+
+# ------------------------------------------------------------------------ rotation
+
+
+class MongoRotation(_MongoPort, Rotation):
+    """One document per customer type: ``{_id: type, members: [...], cursor,
+    v}``.  The ring is ``members`` rotated left by ``cursor``; :meth:`next` is
+    one ``find_one_and_update`` (``$inc`` of the cursor; the head is the
+    member at the cursor it moved past) -- atomic, O(1).  ``add``/``remove``/``replace`` rewrite
+    the ring head first (cursor 0) by compare-and-set on ``v`` and ``cursor``.
+    """
+
+    def __init__(
+        self,
+        connection: MongoConnection,
+        *,
+        collection: str = DEFAULT_ROTATION_COLLECTION,
+        ensure_indexes: bool = True,
+    ) -> None:
+        super().__init__(connection, ensure_indexes=ensure_indexes)
+        self.collection = collection
+
+    @property
+    def _c(self) -> _Coll:
+        return self._coll(self.collection)
+
+    @staticmethod
+    def _ring(doc: Mapping[str, Any] | None) -> list[str]:
+        if doc is None:
+            return []
+        members = [str(m) for m in doc.get("members") or ()]
+        if not members:
+            return []
+        start = int(doc.get("cursor", 0)) % len(members)
+        return members[start:] + members[:start]
+
+    async def _rewrite(
+        self, customer_type: str, change: Callable[[list[str]], list[str] | None]
+    ) -> None:
+        for number in _Retries("a rotation change"):
+            doc = await self._c.find_one({"_id": customer_type})
+            ring = self._ring(doc)
+            new = change(ring)
+            if new is None:
+                return
+            if doc is None:
+                try:
+                    await self._c.insert_one(
+                        {"_id": customer_type, "members": new, "cursor": 0, "v": 1}
+                    )
+                    return
+                except _errors().DuplicateKeyError:
+                    continue
+            result = await self._c.update_one(
+                {"_id": customer_type, "v": doc.get("v"), "cursor": doc.get("cursor")},
+                {"$set": {"members": new, "cursor": 0}, "$inc": {"v": 1}},
+            )
+            if result.matched:
+                return
+            await _backoff(number)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @_translated
+    async def add(self, customer_type: str, executive_id: str) -> None:
+        customer_type = _plain("customer_type", customer_type)
+        executive_id = _plain("executive_id", executive_id)
+        await self._rewrite(
+            customer_type, lambda ring: None if executive_id in ring else [*ring, executive_id]
+        )
+
+    @_translated
+    async def remove(self, customer_type: str, executive_id: str) -> None:
+        customer_type = _plain("customer_type", customer_type)
+        executive_id = _plain("executive_id", executive_id)
+        await self._rewrite(
+            customer_type,
+            lambda ring: [e for e in ring if e != executive_id] if executive_id in ring else None,
+        )
+
+    @_translated
+    async def next(self, customer_type: str) -> str | None:
+        customer_type = _plain("customer_type", customer_type)
+        # The head is read from the post-image (the cursor this call moved
+        # past): SecantusDB returns a stale pre-image under concurrency.
+        doc = await self._c.find_one_and_update(
+            {"_id": customer_type, "members.0": {"$exists": True}},
+            {"$inc": {"cursor": 1}},
+            after=True,
+        )
+        if doc is None:
+            return None
+        members = [str(m) for m in doc["members"]]
+        return members[(int(doc["cursor"]) - 1) % len(members)]
+
+    @_translated
+    async def members(self, customer_type: str) -> Sequence[str]:
+        return self._ring(await self._c.find_one({"_id": _plain("customer_type", customer_type)}))
+
+    @_translated
+    async def replace(self, customer_type: str, executive_ids: Sequence[str]) -> None:
+        customer_type = _plain("customer_type", customer_type)
+        members = list(dict.fromkeys(_plain("executive_id", e) for e in executive_ids))
+        await self._c.update_one(
+            {"_id": customer_type},
+            {"$set": {"members": members, "cursor": 0}, "$inc": {"v": 1}},
+            upsert=True,
+        )
+
+
+# --------------------------------------------------------------------- dedup, lock
+
+
+class _Leases(_MongoPort):
+    """Documents ``{_id: key, token, expires_at, purge_at}``.
+
+    Expiry is decided on the clock port (``expires_at``); a TTL index on
+    ``purge_at`` (wall clock, ``purge_margin`` after the expiry) only removes
+    old documents, so virtual time in tests and simulations is never cut
+    short by the server's TTL monitor.
+    """
+
+    def __init__(
+        self,
+        connection: MongoConnection,
+        *,
+        clock: Clock,
+        collection: str,
+        purge_margin: timedelta = timedelta(hours=1),
+        ensure_indexes: bool = True,
+    ) -> None:
+        super().__init__(connection, ensure_indexes=ensure_indexes)
+        self.clock = clock
+        self.collection = collection
+        self.purge_margin = purge_margin
+
+    @property
+    def _c(self) -> _Coll:
+        return self._coll(self.collection)
+
+    @_translated
+    async def ensure_indexes(self) -> None:
+        await _create_indexes(self._c, [("purge", [("purge_at", 1)], {"expireAfterSeconds": 0})])
+
+    async def _claim(self, key: str, token: str, ttl: timedelta) -> bool:
+        now = _ms(self.clock.now())
+        wall = datetime.now(_UTC)
+        try:
+            await self._c.update_one(
+                {"_id": key, "expires_at": {"$lte": now}},
+                {
+                    "$set": {
+                        "token": token,
+                        "expires_at": now + ttl,
+                        "purge_at": wall + ttl + self.purge_margin,
+                    }
+                },
+                upsert=True,
+            )
+        except _errors().DuplicateKeyError:
+            return False  # someone holds it and it has not expired
+        return True
+
+
+class MongoAlertDedup(_Leases, AlertDedup):
+    """SLA alert dedup keys: a claim is one upsert-if-expired."""
+
+    def __init__(
+        self,
+        connection: MongoConnection,
+        *,
+        clock: Clock,
+        collection: str = DEFAULT_DEDUP_COLLECTION,
+        purge_margin: timedelta = timedelta(hours=1),
+        ensure_indexes: bool = True,
+    ) -> None:
+        super().__init__(
+            connection,
+            clock=clock,
+            collection=collection,
+            purge_margin=purge_margin,
+            ensure_indexes=ensure_indexes,
+        )
+
+    @_translated
+    async def claim(self, key: str, ttl: timedelta) -> bool:
+        return await self._claim(_plain("key", key), "1", ttl)
+
+    @_translated
+    async def release(self, key: str) -> None:
+        await self._c.delete_one({"_id": _plain("key", key)})
+
+
+class MongoLock(_Leases, Lock):
+    """Named leases: acquire is one upsert-if-expired, release deletes only
+    the holder's unexpired lease."""
+
+    def __init__(
+        self,
+        connection: MongoConnection,
+        *,
+        clock: Clock,
+        collection: str = DEFAULT_LOCKS_COLLECTION,
+        purge_margin: timedelta = timedelta(hours=1),
+        ensure_indexes: bool = True,
+    ) -> None:
+        super().__init__(
+            connection,
+            clock=clock,
+            collection=collection,
+            purge_margin=purge_margin,
+            ensure_indexes=ensure_indexes,
+        )
+
+    @_translated
+    async def acquire(self, name: str, token: str, ttl: timedelta) -> bool:
+        return await self._claim(_plain("name", name), _plain("token", token), ttl)
+
+    @_translated
+    async def release(self, name: str, token: str) -> bool:
+        now = _ms(self.clock.now())
+        deleted = await self._c.delete_one(
+            {
+                "_id": _plain("name", name),
+                "token": _plain("token", token),
+                "expires_at": {"$gt": now},
+            }
+        )
+        return deleted > 0
+
+
+# ---------------------------------------------------------------- ratings and log
+
+
+def _rating_from_doc(doc: Mapping[str, Any]) -> Rating:
+    resolved = _aware(doc.get("resolved_at"))
+    rated = _aware(doc.get("rated_at"))
+    assert resolved is not None and rated is not None
+    return Rating(
+        chat_id=str(doc["chat_id"]),
+        score=int(doc["score"]),
+        comment=doc.get("comment"),
+        executive_id=_str_or_none(doc.get("executive_id")),
+        customer_id=str(doc.get("customer_id") or ""),
+        resolved_at=resolved,
+        rated_at=rated,
+    )
+
+
+class MongoRatingStore(_MongoPort, RatingStore):
+    """Ratings (``Settings.ratings_collection``, seed: ``v2_chat_ratings``);
+    a unique index on (chat_id, resolved_at) makes ``add`` atomic."""
+
+    def __init__(
+        self,
+        connection: MongoConnection,
+        *,
+        collection: str = "v2_chat_ratings",
+        ensure_indexes: bool = True,
+    ) -> None:
+        super().__init__(connection, ensure_indexes=ensure_indexes)
+        self.collection = collection
+
+    @property
+    def _c(self) -> _Coll:
+        return self._coll(self.collection)
+
+    @_translated
+    async def ensure_indexes(self) -> None:
+        await _create_indexes(
+            self._c, [("rating_once", [("chat_id", 1), ("resolved_at", 1)], {"unique": True})]
+        )
+
+    @_translated
+    async def add(self, rating: Rating) -> bool:
+        doc = {
+            "chat_id": _plain("chat_id", rating.chat_id),
+            "score": rating.score,
+            "comment": rating.comment,
+            "executive_id": rating.executive_id,
+            "customer_id": rating.customer_id,
+            "resolved_at": _ms(rating.resolved_at),
+            "rated_at": _ms(rating.rated_at),
+        }
+        try:
+            await self._c.insert_one(doc)
+        except _errors().DuplicateKeyError:
+            return False
+        return True
+
+    @_translated
+    async def for_chat(self, chat_id: str) -> Sequence[Rating]:
+        docs = await self._c.find(
+            {"chat_id": _plain("chat_id", chat_id)}, sort=[("rated_at", 1), ("_id", 1)]
+        )
+        return [_rating_from_doc(doc) for doc in docs]
+
+
+def _entry_from_doc(doc: Mapping[str, Any]) -> ResolutionEntry:
+    opened = _aware(doc.get("opened_at"))
+    resolved = _aware(doc.get("resolved_at"))
+    assert resolved is not None
+    return ResolutionEntry(
+        chat_id=str(doc["chat_id"]),
+        executive_id=_str_or_none(doc.get("executive_id")),
+        customer_id=str(doc.get("customer_id") or ""),
+        customer_type=str(doc.get("customer_type") or ""),
+        opened_at=opened or resolved,
+        resolved_at=resolved,
+        tags=tuple(str(t) for t in doc.get("tags") or ()),
+    )
+
+
+class MongoResolutionLog(_MongoPort, ResolutionLog):
+    """The resolve log (``Settings.resolutions_collection``), newest first."""
+
+    def __init__(
+        self,
+        connection: MongoConnection,
+        *,
+        collection: str = "v2_chat_resolve_log",
+        ensure_indexes: bool = True,
+    ) -> None:
+        super().__init__(connection, ensure_indexes=ensure_indexes)
+        self.collection = collection
+
+    @property
+    def _c(self) -> _Coll:
+        return self._coll(self.collection)
+
+    @_translated
+    async def ensure_indexes(self) -> None:
+        newest = [("resolved_at", -1), ("_id", -1)]
+        await _create_indexes(
+            self._c,
+            [
+                ("by_chat", [("chat_id", 1), *newest], {}),
+                ("by_executive", [("executive_id", 1), *newest], {}),
+                ("newest", list(newest), {}),
+            ],
+        )
+
+    @_translated
+    async def append(self, entry: ResolutionEntry) -> None:
+        await self._c.insert_one(
+            {
+                "chat_id": _plain("chat_id", entry.chat_id),
+                "executive_id": entry.executive_id,
+                "customer_id": entry.customer_id,
+                "customer_type": entry.customer_type,
+                "opened_at": _ms(entry.opened_at),
+                "resolved_at": _ms(entry.resolved_at),
+                "tags": list(entry.tags),
+            }
+        )
+
+    @_translated
+    async def entries(
+        self, *, chat_id: str | None = None, executive_id: str | None = None, limit: int = 100
+    ) -> Sequence[ResolutionEntry]:
+        filter: Doc = {}
+        if chat_id is not None:
+            filter["chat_id"] = _plain("chat_id", chat_id)
+        if executive_id is not None:
+            filter["executive_id"] = _plain("executive_id", executive_id)
+        if limit <= 0:
+            return []
+        docs = await self._c.find(filter, sort=[("resolved_at", -1), ("_id", -1)], limit=limit)
+        return [_entry_from_doc(doc) for doc in docs]
+
+
+# -------------------------------------------------------------------- composition
+
+
+def mongo_ports(
+    client_or_url: Any,
+    *,
+    database: str,
+    settings: Settings,
+    clock: Clock,
+    counters_collection: str | None = None,
+    rotation_collection: str | None = None,
+    dedup_collection: str | None = None,
+    locks_collection: str | None = None,
+    transactions: bool | None = None,
+    async_client: bool = False,
+    ensure_indexes: bool = True,
+    lease: timedelta = timedelta(seconds=30),
+    type_counter_shards: int = 8,
+    client_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Mongo adapters over one client, by port name: ``chats``,
+    ``executives``, ``ratings``, ``resolutions``, ``rotation``, ``dedup``,
+    ``lock`` (take the last three from Redis instead if you have it).
+
+    Nothing connects until a port's ``start`` (or first use).  See
+    :class:`MongoConnection` for ``client_or_url``, ``transactions`` and
+    ``async_client``.  Collection names default to the ``Settings`` ones.
+    """
+    counters_collection = counters_collection or settings.counters_collection
+    rotation_collection = rotation_collection or settings.rotation_collection
+    dedup_collection = dedup_collection or settings.dedup_collection
+    locks_collection = locks_collection or settings.locks_collection
+    connection = MongoConnection(
+        client_or_url,
+        database=database,
+        transactions=transactions,
+        async_client=async_client,
+        client_options=client_options,
+    )
+    return {
+        "chats": MongoChatStore(
+            connection,
+            awaiting_tag=settings.awaiting_tag,
+            chats_collection=settings.chats_collection,
+            counters_collection=counters_collection,
+            clock=clock,
+            lease=lease,
+            type_counter_shards=type_counter_shards,
+            ensure_indexes=ensure_indexes,
+        ),
+        "executives": MongoExecutiveStore(
+            connection, collection=settings.executives_collection, ensure_indexes=ensure_indexes
+        ),
+        "ratings": MongoRatingStore(
+            connection, collection=settings.ratings_collection, ensure_indexes=ensure_indexes
+        ),
+        "resolutions": MongoResolutionLog(
+            connection, collection=settings.resolutions_collection, ensure_indexes=ensure_indexes
+        ),
+        "rotation": MongoRotation(
+            connection, collection=rotation_collection, ensure_indexes=ensure_indexes
+        ),
+        "dedup": MongoAlertDedup(
+            connection, clock=clock, collection=dedup_collection, ensure_indexes=ensure_indexes
+        ),
+        "lock": MongoLock(
+            connection, clock=clock, collection=locks_collection, ensure_indexes=ensure_indexes
+        ),
+    }
