@@ -147,7 +147,7 @@ class AsyncSmartChat:
             if mongo_scheme == "mongomock":
                 import mongomock
 
-                client = mongomock.MongoClient()
+                client = mongomock.MongoClient(tz_aware=True)
             overrides.update(
                 mongo_ports(
                     client,
