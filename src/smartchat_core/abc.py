@@ -380,7 +380,9 @@ class Lock(Port, ABC):
     @abstractmethod
     async def acquire(self, name: str, token: str, ttl: timedelta) -> bool:
         """Take the lease ``name`` for ``ttl`` if nobody holds it (or it
-        expired); return whether ``token`` now holds it.  Atomic."""
+        expired); return whether this call took it.  Atomic: of concurrent
+        callers one wins.  A holder asking again gets ``False`` (a lease is
+        taken once; monitors rely on it to run an interval's tick once)."""
 
     @abstractmethod
     async def release(self, name: str, token: str) -> bool:
