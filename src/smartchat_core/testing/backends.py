@@ -35,6 +35,9 @@ class Backend:
     factory: BackendFactory
     multi_process: bool = False
     """Whether two Ports built from one instance share state (real servers)."""
+    asyncio_only: bool = False
+    """Whether the adapters run under asyncio only (e.g. a driver without trio
+    support); the contract suite skips them under other event loops."""
 
     def ports(
         self,
