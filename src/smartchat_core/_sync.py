@@ -155,6 +155,9 @@ class SmartChat:
         try:
             self.stop_monitors()
             portal.call(self.desk.__aexit__, exc_type, exc, tb)
+            # Cancel what is left (e.g. a subscription still open in another
+            # thread), or the portal would wait for it forever.
+            portal.call(portal.stop, True)
         finally:
             self._portal = self._portal_cm = None
             portal_cm.__exit__(exc_type, exc, tb)
