@@ -350,6 +350,13 @@ class Rotation(Port, ABC):
         operation**; ``None`` if the ring is empty."""
 
     @abstractmethod
+    async def give_back(self, customer_type: str, executive_id: str) -> None:
+        """Move a member to the head (a pick of :meth:`next` that assigned
+        nothing, because another process took the chat first, is returned so
+        that executive is next again and the rotation stays fair).  No-op if
+        not a member.  Atomic."""
+
+    @abstractmethod
     async def members(self, customer_type: str) -> Sequence[str]:
         """The ring, head first."""
 

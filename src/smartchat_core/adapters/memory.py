@@ -502,6 +502,12 @@ class MemoryRotation(Rotation):
         ring.rotate(-1)
         return head
 
+    async def give_back(self, customer_type: str, executive_id: str) -> None:
+        ring = self._rings.get(customer_type)
+        if ring is not None and executive_id in ring:
+            ring.remove(executive_id)
+            ring.appendleft(executive_id)
+
     async def members(self, customer_type: str) -> Sequence[str]:
         return list(self._rings.get(customer_type, ()))
 

@@ -2171,6 +2171,19 @@ class MongoRotation(_MongoPort, Rotation):
         )
 
     @_translated
+    async def give_back(self, customer_type: str, executive_id: str) -> None:
+        customer_type = _plain("customer_type", customer_type)
+        executive_id = _plain("executive_id", executive_id)
+        await self._rewrite(
+            customer_type,
+            lambda ring: (
+                [executive_id, *(e for e in ring if e != executive_id)]
+                if executive_id in ring
+                else None
+            ),
+        )
+
+    @_translated
     async def next(self, customer_type: str) -> str | None:
         customer_type = _plain("customer_type", customer_type)
         # The head is read from the post-image (the cursor this call moved

@@ -299,6 +299,12 @@ return #ARGV
 """
 
 
+_ROTATION_GIVE_BACK = """
+if redis.call('LREM', KEYS[1], 0, ARGV[1]) > 0 then redis.call('LPUSH', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
 class RedisRotation(_RedisPort, Rotation):
     """The round-robin rings in Redis lists (asyncio only).
 
@@ -325,6 +331,12 @@ class RedisRotation(_RedisPort, Rotation):
         with _backend_errors("rotation next"):
             head = await self.client.lmove(key, key, "LEFT", "RIGHT")
         return None if head is None else _text(head)
+
+    async def give_back(self, customer_type: str, executive_id: str) -> None:
+        with _backend_errors("rotation give back"):
+            await self._script(
+                _ROTATION_GIVE_BACK, [self.keys.rotation(customer_type)], [executive_id]
+            )
 
     async def members(self, customer_type: str) -> Sequence[str]:
         with _backend_errors("rotation members"):
