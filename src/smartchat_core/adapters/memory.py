@@ -137,8 +137,14 @@ class MemoryChatStore(ChatStore):
 
     def _apply(self, chat: Chat, sign: int) -> None:
         """Add (sign=1) or remove (sign=-1) a chat's index entries and counters."""
+        self._apply_listing(chat, _listing_keys(chat), sign)
+        self._apply_open(chat, sign)
+
+    def _apply_listing(
+        self, chat: Chat, keys: Iterable[_IndexKey], sign: int, *, all_: bool = True
+    ) -> None:
         activity = (-_ts(chat.last_activity_at), chat.id)
-        for key in _listing_keys(chat):
+        for key in keys:
             index = self._listing.get(key)
             if index is None:
                 index = self._listing[key] = SortedList()
@@ -148,14 +154,15 @@ class MemoryChatStore(ChatStore):
                 index.remove(activity)
                 if not index:
                     del self._listing[key]
-        if sign > 0:
-            self._all.add(activity)
-        else:
-            self._all.remove(activity)
+        if all_:
+            _update(self._all, activity, sign)
+
+    def _apply_open(self, chat: Chat, sign: int) -> None:
+        """The monitors' indexes, the waiting queues and the counters."""
+        type_counters = self._type_counters.setdefault(chat.customer_type, [0, 0, 0])
         if not chat.is_open:
             return
         awaiting = self._awaiting(chat)
-        type_counters = self._type_counters.setdefault(chat.customer_type, [0, 0, 0])
         type_counters[0] += sign
         type_counters[2] += sign * awaiting
         if chat.last_interaction_by is Interlocutor.CUSTOMER:
@@ -175,11 +182,22 @@ class MemoryChatStore(ChatStore):
             _update(mine, (_ts(chat.assigned_at), chat.id), sign)
 
     def _put(self, old: Chat | None, new: Chat) -> Chat:
-        if old is not None:
-            self._apply(old, -1)
+        if old is None:
+            self._apply(new, 1)
+        else:
+            old_keys, new_keys = _listing_keys(old), _listing_keys(new)
+            if old.last_activity_at == new.last_activity_at:
+                # Same place in every listing: touch only the indexes that
+                # gained or lost the chat (e.g. one tag), not the big ones.
+                self._apply_listing(old, set(old_keys) - set(new_keys), -1, all_=False)
+                self._apply_listing(new, set(new_keys) - set(old_keys), 1, all_=False)
+            else:
+                self._apply_listing(old, old_keys, -1)
+                self._apply_listing(new, new_keys, 1)
+            self._apply_open(old, -1)
+            self._apply_open(new, 1)
         self._chats[new.id] = new
         self._by_customer[new.customer_id] = new.id
-        self._apply(new, 1)
         return new
 
     # ------------------------------------------------------------------- reads

@@ -1411,6 +1411,24 @@ async def test_rotation_replace(contract_kit: ContractKit) -> None:
         assert list(await rotation.members(RETAIL)) == ["e1"]
 
 
+@pytest.mark.anyio
+async def test_rotation_give_back_makes_a_member_next_again(contract_kit: ContractKit) -> None:
+    async with contract_kit.ports() as ports:
+        rotation = ports.rotation
+        await rotation.replace(RETAIL, ["e1", "e2", "e3"])
+        assert await rotation.next(RETAIL) == "e1"
+        await rotation.give_back(RETAIL, "e1")
+        assert list(await rotation.members(RETAIL)) == ["e1", "e2", "e3"]
+        assert await rotation.next(RETAIL) == "e1"
+        assert await rotation.next(RETAIL) == "e2"
+        await rotation.give_back(RETAIL, "e1")  # from the middle to the head
+        assert list(await rotation.members(RETAIL)) == ["e1", "e3", "e2"]
+        await rotation.give_back(RETAIL, "e9")  # not a member: nothing
+        await rotation.give_back(WHOLESALE, "e1")
+        assert list(await rotation.members(RETAIL)) == ["e1", "e3", "e2"]
+        assert await rotation.members(WHOLESALE) == []
+
+
 # =================================================================== AlertDedup
 
 
@@ -2522,7 +2540,7 @@ async def test_processes_assign_each_chat_once_and_fairly(contract_kit: Contract
         # Distinct chats from both processes at once: strict rotation, each
         # executive gets exactly its share.  (Racing on the *same* chat above
         # may cost a pick; see the concurrency caveat of the assignment docs.)
-        gained = [after - earlier for after, earlier in zip(held, before)]
+        gained = [after - earlier for after, earlier in zip(held, before, strict=True)]
         assert max(gained) - min(gained) <= 1, (before, held)
         await _assert_counters(first.ports, executives)
         await _assert_counters(second.ports, executives)
