@@ -5,8 +5,10 @@ Sessions:
 * ``tests``: the whole test suite (pytest; arguments after ``--`` go to pytest).
 * ``lint``: ruff check and ruff format --check.
 * ``typing``: mypy --strict on src/.
-* ``bench``: benchmarks/bench_core.py (arguments after ``--`` go to it).
-* ``demo``: the console demo on the in-memory backend.
+* ``bench``: benchmarks/bench_scale.py, against servers it starts itself (arguments
+  after ``--`` go to it); the report goes to benchmarks/results/latest.md.
+* ``demo``: the live FastAPI demo (dashboard, simulated desk) on the in-memory backend.
+* ``console_demo``: the console demo on the in-memory backend.
 * ``docs``: the docs site, ``mkdocs build --strict``.
 
 Every session runs in its own virtual environment made with the Python that
@@ -76,14 +78,33 @@ def typing(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The core benchmark; e.g. ``nox -s bench -- --quick --output results.md``."""
-    session.install(".")
-    session.run("python", "benchmarks/bench_core.py", *session.posargs)
+    """The benchmarks (docs/performance.md): they start their own redis-server
+    and SecantusDB on free loopback ports.  Markdown tables go to stdout and to
+    ``benchmarks/results/latest.md``.  Arguments after ``--`` go to
+    ``benchmarks/bench_scale.py``, e.g. ``nox -s bench -- --quick`` (a smoke
+    run), ``--strict`` (exit 1 when a target fails), ``--skip burst``."""
+    session.install(".[mongodb,redis,test]")
+    session.run(
+        "python",
+        "benchmarks/bench_scale.py",
+        "--output",
+        "benchmarks/results/latest.md",
+        *session.posargs,
+    )
 
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The console demo on the in-memory backend."""
+    """The live demo: the FastAPI example app on the in-memory backend with
+    simulated customers and executives; prints the dashboard URL.  Arguments
+    after ``--`` go to it, e.g. ``-- --port 8080`` or ``-- --duration 30``."""
+    session.install(".[examples]")
+    session.run("python", "-m", "examples.fastapi_app.demo", *session.posargs)
+
+
+@nox.session
+def console_demo(session: nox.Session) -> None:
+    """The console demo on the in-memory backend (virtual time, seconds)."""
     session.install(".")
     session.run("python", "examples/console_demo.py", *session.posargs)
 
