@@ -33,7 +33,7 @@ from .services import (
     SlaService,
     TaggingService,
 )
-from .services.authorization import Authorizer
+from .services.authorization import Authorizer, check_actor
 from .services.listing import DashboardCounters
 
 __all__ = ["AsyncSmartChat"]
@@ -347,7 +347,7 @@ class AsyncSmartChat:
         ``actor=Actor.customer()`` (customer-facing rating endpoints) it is
         required.  Executives may not rate.
         """
-        if not actor.is_customer:
+        if not check_actor(actor).is_customer:
             self._auth.require_privileged(actor, "rate chats")
         return await self._resolution.rate_chat(
             chat_id, score=score, comment=comment, token=token, require_token=actor.is_customer
@@ -463,8 +463,11 @@ class AsyncSmartChat:
         An executive may subscribe only to its own room, which receives every
         event about the chats assigned to it.
         """
+        check_actor(actor)
         if isinstance(rooms, str):
             rooms = (rooms,)
+        if not isinstance(rooms, Iterable):
+            raise InvalidInputError("rooms", "must be a collection of room names")
         checked = [text("rooms", room, max_length=256) for room in rooms]
         if actor.is_customer or (
             actor.is_executive and set(checked) - {executive_room(str(actor.id))}
