@@ -5,7 +5,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["redis_server", "mongo_server"]
+pytest_plugins = ["redis_server", "mongo_server", "redis_cluster"]
 
 settings.register_profile(
     "ci",
