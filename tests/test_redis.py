@@ -527,12 +527,6 @@ async def test_rotation_rebuilt_after_redis_lost_it(clients: Clients) -> None:
         await _assert_consistent(desk, ports)
 
 
-@pytest.mark.xfail(
-    reason="services/executives.py rebuilds a lost ring only when next() finds it empty: "
-    "an executive going online first re-creates it with itself alone and the others "
-    "starve (see the helper report)",
-    strict=True,
-)
 async def test_rotation_lost_then_someone_goes_online(clients: Clients) -> None:
     clock, sender = ManualClock(T0), RecordingSender()
     client = clients.new()
@@ -631,12 +625,6 @@ async def test_redis_outage_leaves_nothing_half_changed(
         await client.aclose()
 
 
-@pytest.mark.xfail(
-    reason="set_executive_status('offline') with Redis down stores the status, then fails "
-    "in the rotation before releasing: the offline executive keeps its open chats "
-    "(invariant 4) until someone calls it again (see the helper report)",
-    strict=True,
-)
 async def test_going_offline_during_an_outage_releases_the_chats(
     redis_faults: RedisServer,
 ) -> None:

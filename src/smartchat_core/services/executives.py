@@ -8,9 +8,9 @@ from collections.abc import Collection, Iterable, Sequence
 import attrs
 
 from .. import _events as events
-from .._errors import ChatResolvedError
+from .._errors import BackendError, ChatResolvedError
 from .._models import Chat, Executive, ExecutiveStatus
-from .._validation import choice, identifier_set, integer, text
+from .._validation import choice, identifier, identifier_set, integer, text
 from ..abc import AssignOutcome
 from ._base import Service, logger
 
@@ -78,6 +78,10 @@ class ExecutiveService(Service):
 
     async def get_online_executives(self, customer_type: str) -> list[Executive]:
         """Online executives serving ``customer_type`` (the seed's name)."""
+        # Required here: None would list every online executive.
+        customer_type = identifier(
+            "customer_type", customer_type, max_length=self.settings.max_id_length
+        )
         return await self.list_executives(
             customer_type=customer_type, status=ExecutiveStatus.ONLINE
         )
@@ -95,12 +99,21 @@ class ExecutiveService(Service):
         if change is None:
             await self.load_executive(executive_id)  # raises ExecutiveNotFoundError
             raise AssertionError("unreachable")  # pragma: no cover
-        await self._sync_rotation(change.after)
-        # A concurrent status change may have overtaken ours between the two
-        # writes: re-read and make the rotation follow the latest status.
-        latest = await self.ports.executives.get(executive_id)
-        if latest is not None and latest.status is not change.after.status:
-            await self._sync_rotation(latest)
+        try:
+            await self._sync_rotation(change.after)
+            # A concurrent status change may have overtaken ours between the
+            # two writes: re-read and make the rotation follow the latest.
+            latest = await self.ports.executives.get(executive_id)
+            if latest is not None and latest.status is not change.after.status:
+                await self._sync_rotation(latest)
+        except BackendError:
+            if wanted is not ExecutiveStatus.OFFLINE:
+                raise
+            # The status is stored: still release the chats (they wait in
+            # the queue if the rotation is down), then report the failure.
+            # A stale ring member is dropped at its next pick.
+            await self.release_and_reassign_chats(executive_id)
+            raise
         if change.before.status is not change.after.status:
             await self.publish(
                 events.executive_status(
@@ -138,11 +151,18 @@ class ExecutiveService(Service):
         return await self.get_executive(executive_id)
 
     async def _sync_rotation(self, executive: Executive) -> None:
+        rotation = self.ports.rotation
         for customer_type in sorted(executive.customer_types):
             if executive.status is ExecutiveStatus.ONLINE:
-                await self.ports.rotation.add(customer_type, executive.id)
+                await rotation.add(customer_type, executive.id)
+                if len(await rotation.members(customer_type)) == 1:
+                    # Alone in the ring: either the only one online, or the
+                    # rotation backend lost its data and the add re-created
+                    # the ring with this executive only.  Rebuild from the
+                    # executive store so the others are not starved.
+                    await self._rebuild_rotation(customer_type)
             else:
-                await self.ports.rotation.remove(customer_type, executive.id)
+                await rotation.remove(customer_type, executive.id)
 
     # --------------------------------------------------------------- assignment
     async def assign_chat_round_robin(self, chat_id: str) -> Chat:
@@ -175,7 +195,16 @@ class ExecutiveService(Service):
         rebuilt = False
         excluded = set(exclude)
         while len(seen) < _MAX_RING_WALK:
-            candidate = await rotation.next(customer_type)
+            try:
+                candidate = await rotation.next(customer_type)
+            except BackendError:
+                if expected_from is not None:
+                    # Releasing and the rotation is down: the chat must not
+                    # stay with the executive leaving; it waits in the queue.
+                    await self.ports.chats.unassign(
+                        chat.id, expected_from=expected_from, now=self.now()
+                    )
+                raise
             if candidate is None:
                 if rebuilt or not await self._rebuild_rotation(customer_type):
                     break
@@ -204,6 +233,9 @@ class ExecutiveService(Service):
             if result.outcome is AssignOutcome.AT_CAPACITY:
                 continue
             if result.outcome is AssignOutcome.CHAT_CHANGED or result.chat is None:
+                # Someone else took or closed the chat: this pick assigned
+                # nothing, so the executive is next again (fair rotation).
+                await rotation.give_back(customer_type, candidate)
                 return result.chat if result.chat is not None else chat
             assigned = result.chat
             # Went away/offline while we assigned?  Its release may have run
@@ -239,7 +271,13 @@ class ExecutiveService(Service):
         )
         if change.changed and change.chat is not None:
             await self.publish(events.chat_reassigned(change.chat, expected_from, None, self.now()))
-            return change.chat
+            # Someone may have come online while we walked the ring and drained
+            # the queue before the chat joined it: drain once more (our write
+            # to the queue precedes this read, theirs to the rotation preceded
+            # their read of the queue, so one of us sees the other).
+            await self._drain_type(customer_type)
+            current = await self.ports.chats.get(chat.id)
+            return current if current is not None else change.chat
         return change.chat if change.chat is not None else chat
 
     async def _rebuild_rotation(self, customer_type: str) -> bool:
@@ -275,8 +313,24 @@ class ExecutiveService(Service):
         executive_id = self.executive_id(executive_id)
         await self.load_executive(executive_id)
         moved = []
+        failure: BackendError | None = None
         for chat in await self.ports.chats.open_chats_of(executive_id):
-            moved.append(await self._reassign(chat, executive_id))
+            try:
+                moved.append(await self._reassign(chat, executive_id))
+            except BackendError as error:  # e.g. the rotation is down: next chat
+                failure = failure or error
+        if failure is not None:
+            raise failure
+        latest = await self.ports.executives.get(executive_id)
+        if (
+            moved
+            and latest is not None
+            and latest.status is ExecutiveStatus.ONLINE
+            and latest.max_open_chats is not None
+        ):
+            # Still online with room freed: it may take waiting chats (of its
+            # other types, or ones that queued while it was full).
+            await self.drain_waiting(latest.customer_types)
         return moved
 
     async def drain_waiting(self, customer_types: Iterable[str]) -> list[Chat]:
