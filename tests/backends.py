@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -60,6 +60,37 @@ def backend_for(name: str, request: pytest.FixtureRequest) -> Backend:
             "mongodb+redis", mongo_url, database, request.getfixturevalue("redis_server").url
         )
     raise LookupError(name)
+
+
+def backend_maker(name: str, request: pytest.FixtureRequest) -> Callable[[], Backend]:
+    """A factory of *fresh* entries ``name`` (new database, new key prefix, new
+    fake server each call): one per Hypothesis example.  Databases made on the
+    wire server are dropped when the test ends."""
+    if name == "memory":
+        return lambda: MEMORY
+    if name == "mongomock+fakeredis":
+        import fakeredis
+
+        return lambda: _mongomock_fakeredis(fakeredis.FakeServer())
+    if name == "memory+redis":
+        return lambda: backend_for(name, request)
+    mongo_url: str = request.getfixturevalue("mongo_url")
+    client: Any = request.getfixturevalue("mongo_client")
+    redis_url = request.getfixturevalue("redis_server").url if name == "mongodb+redis" else None
+    made: list[str] = []
+
+    def drop() -> None:
+        for database in made:
+            with contextlib.suppress(Exception):
+                client.drop_database(database)
+
+    request.addfinalizer(drop)
+
+    def make() -> Backend:
+        made.append(f"smartchat_sm_{uuid.uuid4().hex[:12]}")
+        return _servers(name, mongo_url, made[-1], redis_url)
+
+    return make
 
 
 def _servers(name: str, mongo_url: str, database: str, redis_url: str | None) -> Backend:
