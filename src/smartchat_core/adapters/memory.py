@@ -59,6 +59,7 @@ from ..abc import (
     StatusChange,
 )
 from ..services._base import Ports
+from . import _rules as rules
 
 __all__ = [
     "LoggingSender",
@@ -289,64 +290,32 @@ class MemoryChatStore(ChatStore):
         now: datetime,
     ) -> IncomingResult:
         old = self._chats.get(self._by_customer.get(customer_id, ""))
-        if old is None:
-            if new_id in self._chats:
-                raise ValueError(f"chat id {new_id!r} exists already")
-            new = Chat(
-                id=new_id,
-                customer_id=customer_id,
-                customer_type=customer_type,
-                created_at=now,
-                opened_at=now,
-                queued_at=now,
-                customer_name=customer_name,
-                last_incoming_message=now,
-                last_activity_at=now,
-                last_interaction_by=Interlocutor.CUSTOMER,
-                last_message=preview,
-            )
-            return IncomingResult(self._put(None, new), True, False, False)
-        if old.is_resolved:
-            new = attrs.evolve(
-                old,
-                customer_type=customer_type,
-                opened_at=now,
-                is_resolved=False,
-                resolved_at=None,
-                tags=(),
-                assigned_executive_id=None,
-                assigned_at=None,
-                queued_at=now,
-            )
-            reopened = True
-        else:
-            reopened = False
-            new = attrs.evolve(old, tags=tuple(t for t in old.tags if t != self.awaiting_tag))
-        removed = self.awaiting_tag in old.tags and not reopened
-        new = attrs.evolve(
-            new,
+        if old is None and new_id in self._chats:
+            raise ValueError(f"chat id {new_id!r} exists already")
+        new, reopened, removed = rules.incoming(
+            old,
+            new_id=new_id,
+            customer_id=customer_id,
             customer_name=customer_name,
-            last_incoming_message=now,
-            last_activity_at=now,
-            last_interaction_by=Interlocutor.CUSTOMER,
-            last_message=preview,
+            customer_type=customer_type,
+            preview=preview,
+            now=now,
+            awaiting_tag=self.awaiting_tag,
         )
-        return IncomingResult(self._put(old, new), False, reopened, removed)
+        return IncomingResult(self._put(old, new), old is None, reopened, removed)
+
+    def _change(self, old: Chat | None, new: Chat | None) -> ChatChange:
+        if new is None:
+            return ChatChange(old, False)
+        return ChatChange(self._put(old, new), True)
 
     async def record_outgoing(
         self, chat_id: str, *, executive_id: str, preview: str, now: datetime
     ) -> ChatChange:
         old = self._chats.get(chat_id)
-        if old is None or old.is_resolved or old.assigned_executive_id != executive_id:
-            return ChatChange(old, False)
-        new = attrs.evolve(
-            old,
-            last_outgoing_message=now,
-            last_activity_at=max(now, old.last_activity_at),
-            last_interaction_by=Interlocutor.EXECUTIVE,
-            last_message=preview,
+        return self._change(
+            old, rules.outgoing(old, executive_id=executive_id, preview=preview, now=now)
         )
-        return ChatChange(self._put(old, new), True)
 
     async def assign(
         self,
@@ -358,40 +327,29 @@ class MemoryChatStore(ChatStore):
         now: datetime,
     ) -> AssignResult:
         old = self._chats.get(chat_id)
-        if old is None or old.is_resolved or old.assigned_executive_id != expected_from:
+        new = rules.assigned(old, executive_id, expected_from=expected_from, now=now)
+        if new is None:
             return AssignResult(AssignOutcome.CHAT_CHANGED, old)
         held = self._executive_counters.get(executive_id, (0, 0))[0]
         if capacity is not None and held >= capacity and executive_id != expected_from:
             return AssignResult(AssignOutcome.AT_CAPACITY, old)
-        new = attrs.evolve(old, assigned_executive_id=executive_id, assigned_at=now, queued_at=None)
         return AssignResult(AssignOutcome.ASSIGNED, self._put(old, new))
 
     async def unassign(self, chat_id: str, *, expected_from: str, now: datetime) -> ChatChange:
         old = self._chats.get(chat_id)
-        if old is None or old.is_resolved or old.assigned_executive_id != expected_from:
-            return ChatChange(old, False)
-        new = attrs.evolve(old, assigned_executive_id=None, assigned_at=None, queued_at=now)
-        return ChatChange(self._put(old, new), True)
+        return self._change(old, rules.unassigned(old, expected_from=expected_from, now=now))
 
     async def add_tag(self, chat_id: str, tag: str) -> ChatChange:
         old = self._chats.get(chat_id)
-        if old is None or old.is_resolved or tag in old.tags:
-            return ChatChange(old, False)
-        return ChatChange(self._put(old, attrs.evolve(old, tags=(*old.tags, tag))), True)
+        return self._change(old, rules.retagged(old, tag, add=True))
 
     async def remove_tag(self, chat_id: str, tag: str) -> ChatChange:
         old = self._chats.get(chat_id)
-        if old is None or old.is_resolved or tag not in old.tags:
-            return ChatChange(old, False)
-        tags = tuple(t for t in old.tags if t != tag)
-        return ChatChange(self._put(old, attrs.evolve(old, tags=tags)), True)
+        return self._change(old, rules.retagged(old, tag, add=False))
 
     async def resolve(self, chat_id: str, *, now: datetime) -> ChatChange:
         old = self._chats.get(chat_id)
-        if old is None or old.is_resolved:
-            return ChatChange(old, False)
-        new = attrs.evolve(old, is_resolved=True, resolved_at=now, tags=(), queued_at=None)
-        return ChatChange(self._put(old, new), True)
+        return self._change(old, rules.resolved(old, now=now))
 
     async def recount(self) -> None:
         self._reset_indexes()

@@ -243,6 +243,7 @@ from ..abc import (
     Rotation,
     StatusChange,
 )
+from . import _rules as rules
 
 __all__ = [
     "DEFAULT_COUNTERS_COLLECTION",
@@ -1614,56 +1615,26 @@ class MongoChatStore(_MongoPort, ChatStore):
         async def attempt() -> IncomingResult:
             raw = await self._read({"customer_id": customer_id})
             old = raw.chat
-            if old is None:
-                new = Chat(
-                    id=new_id,
-                    customer_id=customer_id,
-                    customer_type=customer_type,
-                    created_at=now,
-                    opened_at=now,
-                    queued_at=now,
-                    customer_name=customer_name,
-                    last_incoming_message=now,
-                    last_activity_at=now,
-                    last_interaction_by=Interlocutor.CUSTOMER,
-                    last_message=preview,
-                )
-                try:
-                    await self._write(raw, new)
-                except _Conflict:
-                    if await self._chats.find_one({"customer_id": customer_id}) is None and (
-                        await self._chats.find_one({"_id": new_id}) is not None
-                    ):
-                        raise ValueError(f"chat id {new_id!r} exists already") from None
-                    raise
-                return IncomingResult(new, True, False, False)
-            if old.is_resolved:
-                new = attrs.evolve(
-                    old,
-                    customer_type=customer_type,
-                    opened_at=now,
-                    is_resolved=False,
-                    resolved_at=None,
-                    tags=(),
-                    assigned_executive_id=None,
-                    assigned_at=None,
-                    queued_at=now,
-                )
-                reopened = True
-            else:
-                reopened = False
-                new = attrs.evolve(old, tags=tuple(t for t in old.tags if t != self.awaiting_tag))
-            removed = self.awaiting_tag in old.tags and not reopened
-            new = attrs.evolve(
-                new,
+            new, reopened, removed = rules.incoming(
+                old,
+                new_id=new_id,
+                customer_id=customer_id,
                 customer_name=customer_name,
-                last_incoming_message=now,
-                last_activity_at=now,
-                last_interaction_by=Interlocutor.CUSTOMER,
-                last_message=preview,
+                customer_type=customer_type,
+                preview=preview,
+                now=now,
+                awaiting_tag=self.awaiting_tag,
             )
-            await self._write(raw, new)
-            return IncomingResult(new, False, reopened, removed)
+            try:
+                await self._write(raw, new)
+            except _Conflict:
+                if old is None and (
+                    await self._chats.find_one({"customer_id": customer_id}) is None
+                    and await self._chats.find_one({"_id": new_id}) is not None
+                ):
+                    raise ValueError(f"chat id {new_id!r} exists already") from None
+                raise
+            return IncomingResult(new, old is None, reopened, removed)
 
         return await self._run(attempt)
 
@@ -1679,15 +1650,9 @@ class MongoChatStore(_MongoPort, ChatStore):
         async def attempt() -> ChatChange:
             raw = await self._read({"_id": _id_filter(chat_id)})
             old = raw.chat
-            if old is None or old.is_resolved or old.assigned_executive_id != executive_id:
+            new = rules.outgoing(old, executive_id=executive_id, preview=preview, now=now)
+            if new is None:
                 return ChatChange(old, False)
-            new = attrs.evolve(
-                old,
-                last_outgoing_message=now,
-                last_activity_at=max(now, old.last_activity_at),
-                last_interaction_by=Interlocutor.EXECUTIVE,
-                last_message=preview,
-            )
             await self._write(raw, new)
             return ChatChange(new, True)
 
@@ -1712,14 +1677,12 @@ class MongoChatStore(_MongoPort, ChatStore):
         async def attempt() -> AssignResult:
             raw = await self._read({"_id": _id_filter(chat_id)})
             old = raw.chat
-            if old is None or old.is_resolved or old.assigned_executive_id != expected_from:
+            new = rules.assigned(old, executive_id, expected_from=expected_from, now=now)
+            if new is None:
                 return AssignResult(AssignOutcome.CHAT_CHANGED, old)
             limit = None
             if capacity is not None and executive_id != expected_from:
                 limit = (f"executive:{executive_id}", capacity)
-            new = attrs.evolve(
-                old, assigned_executive_id=executive_id, assigned_at=now, queued_at=None
-            )
             if not await self._write(raw, new, capacity=limit):
                 return AssignResult(AssignOutcome.AT_CAPACITY, old)
             return AssignResult(AssignOutcome.ASSIGNED, new)
@@ -1735,9 +1698,9 @@ class MongoChatStore(_MongoPort, ChatStore):
         async def attempt() -> ChatChange:
             raw = await self._read({"_id": _id_filter(chat_id)})
             old = raw.chat
-            if old is None or old.is_resolved or old.assigned_executive_id != expected_from:
+            new = rules.unassigned(old, expected_from=expected_from, now=now)
+            if new is None:
                 return ChatChange(old, False)
-            new = attrs.evolve(old, assigned_executive_id=None, assigned_at=None, queued_at=now)
             await self._write(raw, new)
             return ChatChange(new, True)
 
@@ -1750,10 +1713,9 @@ class MongoChatStore(_MongoPort, ChatStore):
         async def attempt() -> ChatChange:
             raw = await self._read({"_id": _id_filter(chat_id)})
             old = raw.chat
-            if old is None or old.is_resolved or (tag in old.tags) == add:
+            new = rules.retagged(old, tag, add=add)
+            if new is None:
                 return ChatChange(old, False)
-            tags = (*old.tags, tag) if add else tuple(t for t in old.tags if t != tag)
-            new = attrs.evolve(old, tags=tags)
             await self._write(raw, new)
             return ChatChange(new, True)
 
@@ -1775,9 +1737,9 @@ class MongoChatStore(_MongoPort, ChatStore):
         async def attempt() -> ChatChange:
             raw = await self._read({"_id": _id_filter(chat_id)})
             old = raw.chat
-            if old is None or old.is_resolved:
+            new = rules.resolved(old, now=now)
+            if new is None:
                 return ChatChange(old, False)
-            new = attrs.evolve(old, is_resolved=True, resolved_at=now, tags=(), queued_at=None)
             await self._write(raw, new)
             return ChatChange(new, True)
 
