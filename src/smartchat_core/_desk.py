@@ -416,7 +416,7 @@ class AsyncSmartChat:
         actor: Actor = SYSTEM,
     ) -> Sequence[ResolutionEntry]:
         """The resolve log, newest first."""
-        if actor.is_executive:
+        if not check_actor(actor).is_privileged:  # executives: their own; customers: none
             self._auth.require_self(actor, executive_id or str(actor.id), "read the resolve log")
             executive_id = actor.id
         return await self._listing.get_resolutions(
