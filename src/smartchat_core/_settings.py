@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
+from typing import Any
 
 import attrs
 
@@ -50,6 +51,37 @@ def _tiers(value: object) -> tuple[SlaTier, ...]:
     return tuple(value)
 
 
+_ALERT_FIELDS: dict[str, object] = {
+    "tier": "alert",
+    "chat_id": "c1",
+    "customer_name": "Ravi",
+    "customer_id": "+919800000001",
+    "customer_type": "retail",
+    "waited_minutes": 4,
+    "assigned_executive_id": "e1",
+}
+_RESOLUTION_FIELDS: dict[str, object] = {
+    "chat_id": "c1",
+    "customer_name": "Ravi",
+    "rating_token": "t",
+}
+
+
+def _template(fields: dict[str, object]) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    def check(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            return
+        try:
+            value.format(**fields)
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as error:
+            allowed = ", ".join("{" + name + "}" for name in fields)
+            raise ValueError(
+                f"{attribute.name}: cannot be filled ({error!r}); fields: {allowed}"
+            ) from None
+
+    return check
+
+
 def _check_tiers(_: object, __: object, tiers: tuple[SlaTier, ...]) -> None:
     names = [t.name for t in tiers]
     if len(set(names)) != len(names):
@@ -67,9 +99,12 @@ class Settings:
         default=SEED_SLA_TIERS, converter=_tiers, validator=_check_tiers
     )
     """SLA tiers, checked by :meth:`AsyncSmartChat.run_sla_check`."""
-    sla_alert_template: str = (
-        "SLA {tier}: chat {chat_id} from {customer_name} ({customer_id}) "
-        "has waited {waited_minutes} min for a reply"
+    sla_alert_template: str = attrs.field(
+        default=(
+            "SLA {tier}: chat {chat_id} from {customer_name} ({customer_id}) "
+            "has waited {waited_minutes} min for a reply"
+        ),
+        validator=_template(_ALERT_FIELDS),
     )
     """Text of the WhatsApp alert; fields: tier, chat_id, customer_name,
     customer_id, customer_type, waited_minutes, assigned_executive_id."""
@@ -82,8 +117,9 @@ class Settings:
     sla_interval: timedelta = attrs.field(default=timedelta(seconds=60), validator=_positive)
     awaiting_interval: timedelta = attrs.field(default=timedelta(seconds=60), validator=_positive)
     inactivity_interval: timedelta = attrs.field(default=timedelta(seconds=60), validator=_positive)
-    resolution_message: str | None = (
-        "Your chat has been resolved. Please rate our support from 1 to 5 by replying."
+    resolution_message: str | None = attrs.field(
+        default="Your chat has been resolved. Please rate our support from 1 to 5 by replying.",
+        validator=_template(_RESOLUTION_FIELDS),
     )
     """Sent to the customer on resolve; ``None`` sends nothing.  Fields:
     ``{chat_id}``, ``{customer_name}``, and ``{rating_token}`` (empty without

@@ -56,6 +56,17 @@ class Ports:
         )
 
 
+def render(template: str, **fields: object) -> str:
+    """``template.format(**fields)``, except that a template with an unknown or
+    malformed field is used as it is (and logged) instead of failing an
+    operation half-way (after its writes)."""
+    try:
+        return template.format(**fields)
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as error:
+        logger.error("message template %r cannot be filled (%r): sent as it is", template, error)
+        return template
+
+
 class Service:
     """Base of the services: the ports, the time, and small shared helpers."""
 

@@ -15,7 +15,7 @@ from .._errors import (
 )
 from .._models import Chat, Rating, ResolutionEntry
 from .._validation import integer, text
-from ._base import Service, logger
+from ._base import Service, logger, render
 from .executives import ExecutiveService
 
 
@@ -88,8 +88,8 @@ class ResolutionService(Service):
     def resolution_text(self, chat: Chat) -> str:
         template = self.settings.resolution_message or ""
         token = self.rating_token(chat) if self.settings.rating_secret else ""
-        return template.format(
-            chat_id=chat.id, customer_name=chat.customer_name, rating_token=token
+        return render(
+            template, chat_id=chat.id, customer_name=chat.customer_name, rating_token=token
         )
 
     async def rate_chat(

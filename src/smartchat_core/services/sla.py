@@ -10,7 +10,7 @@ from .. import _events as events
 from .._errors import DeliveryError
 from .._models import Chat, Interlocutor
 from .._settings import SlaTier
-from ._base import Service, logger
+from ._base import Service, logger, render
 
 _SLA_BATCH = 10_000
 
@@ -67,7 +67,8 @@ class SlaService(Service):
         assert current.last_incoming_message is not None
         waited = (now - current.last_incoming_message).total_seconds()
         if tier.recipient:
-            message = self.settings.sla_alert_template.format(
+            message = render(
+                self.settings.sla_alert_template,
                 tier=tier.name,
                 chat_id=current.id,
                 customer_name=current.customer_name,
