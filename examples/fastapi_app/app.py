@@ -42,23 +42,26 @@ Configuration (environment, read by :meth:`AppConfig.from_env` and
 
 from __future__ import annotations
 
-import enum
-import hmac
 import json
 import logging
-import os
-import secrets
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-import cattrs
+from examples.common import (
+    RecentIds,
+    actor_for,
+    async_desk_from_env,
+    bearer,
+    dumps,
+    env_config,
+    error_status,
+    to_json,
+)
 from fastapi import Depends, FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
@@ -70,22 +73,15 @@ from smartchat_core import (
     SYSTEM,
     Actor,
     AsyncSmartChat,
-    BackendError,
     ConflictError,
-    DeliveryError,
-    ExecutiveStatus,
-    Interlocutor,
     InvalidInputError,
-    NotFoundError,
     PermissionDeniedError,
-    Settings,
     SmartChatError,
     executive_room,
 )
 from smartchat_core.whatsapp import (
     SIGNATURE_HEADER,
     InboundMessage,
-    WhatsAppCloudSender,
     parse_webhook,
     verification_challenge,
     verify_signature,
@@ -128,108 +124,23 @@ class AppConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AppConfig:
-        env = os.environ if environ is None else environ
-        tokens = parse_tokens(env.get("SMARTCHAT_API_TOKENS", ""))
-        generated = not tokens
-        if generated:
-            tokens = {secrets.token_urlsafe(24): Actor.supervisor("admin")}
-        return cls(
-            api_tokens=tokens,
-            whatsapp_app_secret=env.get("WHATSAPP_APP_SECRET") or None,
-            whatsapp_verify_token=env.get("WHATSAPP_VERIFY_TOKEN") or None,
-            customer_type=env.get("SMARTCHAT_CUSTOMER_TYPE") or "retail",
-            run_monitors=env.get("SMARTCHAT_RUN_MONITORS", "1") not in ("0", "false", "no"),
-            generated_token=generated,
-        )
+        """The configuration from the environment (see :func:`env_config`)."""
+        return cls(**env_config(environ))
 
     def actor_for(self, token: str | None) -> Actor | None:
         """The actor of a bearer token (compared in constant time)."""
-        if not token:
-            return None
-        found = None
-        for known, actor in self.api_tokens.items():
-            if hmac.compare_digest(known.encode(), token.encode()):
-                found = actor
-        return found
-
-
-def parse_tokens(spec: str) -> dict[str, Actor]:
-    """``"tok1=supervisor:lead,tok2=executive:e1"`` -> ``{token: Actor}``."""
-    tokens: dict[str, Actor] = {}
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        token, _, who = item.partition("=")
-        role, _, actor_id = who.partition(":")
-        if not token or not actor_id or role not in ("supervisor", "executive"):
-            raise ValueError(
-                f"SMARTCHAT_API_TOKENS: {item!r} is not token=supervisor:ID or token=executive:ID"
-            )
-        tokens[token] = (
-            Actor.supervisor(actor_id) if role == "supervisor" else Actor.executive(actor_id)
-        )
-    return tokens
+        return actor_for(self.api_tokens, token)
 
 
 def desk_from_env(environ: Mapping[str, str] | None = None) -> AsyncSmartChat:
     """The desk the environment asks for (not started: the lifespan enters it)."""
-    env = os.environ if environ is None else environ
-    rating_secret = env.get("SMARTCHAT_RATING_SECRET")
-    if not rating_secret:
-        rating_secret = secrets.token_urlsafe(32)
-        logger.warning(
-            "SMARTCHAT_RATING_SECRET unset: rating tokens are valid in this process only"
-        )
-    settings = Settings(rating_secret=rating_secret).with_env(env)
-    sender = WhatsAppCloudSender.from_env(env)
-    mongodb_url = env.get("SMARTCHAT_MONGODB_URL") or None
-    redis_url = env.get("SMARTCHAT_REDIS_URL") or None
-    if mongodb_url or redis_url:
-        from_urls = getattr(AsyncSmartChat, "from_urls", None)
-        if from_urls is None:
-            raise RuntimeError(
-                "SMARTCHAT_MONGODB_URL / SMARTCHAT_REDIS_URL are set, but this version of "
-                "smartchat_core has no AsyncSmartChat.from_urls; unset them to run in memory"
-            )
-        desk: AsyncSmartChat = from_urls(
-            mongodb_url=mongodb_url, redis_url=redis_url, settings=settings, sender=sender
-        )
-        return desk
-    return AsyncSmartChat.in_memory(settings=settings, sender=sender)
+    return async_desk_from_env(environ)
 
 
 CUSTOMER = Actor.customer()
 """Who calls the rating endpoint: the token is required, nothing else allowed."""
 
 # --------------------------------------------------------------------- JSON forms
-
-_json = cattrs.Converter()
-_json.register_unstructure_hook(datetime, lambda value: value.isoformat())
-for _enum in (ExecutiveStatus, Interlocutor):  # str enums: plain values, not members
-    _json.register_unstructure_hook(_enum, lambda value: value.value)
-_json.register_unstructure_hook_func(
-    lambda kind: kind in (set, frozenset) or getattr(kind, "__origin__", None) in (set, frozenset),
-    lambda value: sorted(_json.unstructure(item) for item in value),
-)
-
-
-def to_json(model: object) -> Any:
-    """A library model as JSON-ready data (ISO datetimes, enum values, sets
-    as sorted lists)."""
-    return _json.unstructure(model)
-
-
-def _json_default(value: object) -> Any:
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def dumps(data: object) -> str:
-    """JSON text of an event (tolerates sets and datetimes in payloads)."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_json_default)
 
 
 class Body(BaseModel):
@@ -270,20 +181,6 @@ class RatingBody(Body):
 
 
 # ------------------------------------------------------------------------ errors
-
-ERROR_STATUS: tuple[tuple[type[SmartChatError], int], ...] = (
-    (InvalidInputError, 422),
-    (NotFoundError, 404),
-    (PermissionDeniedError, 403),
-    (ConflictError, 409),
-    (BackendError, 503),
-    (DeliveryError, 502),
-)
-
-
-def error_status(error: SmartChatError) -> int:
-    """The HTTP status of a library error."""
-    return next((status for kind, status in ERROR_STATUS if isinstance(error, kind)), 400)
 
 
 def error_response(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
@@ -331,17 +228,10 @@ def get_desk(request: Request) -> AsyncSmartChat:
     return desk
 
 
-def _bearer(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
 def authenticate(request: Request) -> Actor:
     """The actor of the request's ``Authorization: Bearer <token>``."""
     config: AppConfig = request.app.state.config
-    token = _bearer(request.headers.get("authorization"))
+    token = bearer(request.headers.get("authorization"))
     if token is None:
         raise HTTPException(
             401, "missing bearer token", headers={"WWW-Authenticate": 'Bearer realm="smartchat"'}
@@ -358,26 +248,6 @@ def authenticate(request: Request) -> Actor:
 
 Desk = Annotated[AsyncSmartChat, Depends(get_desk)]
 Caller = Annotated[Actor, Depends(authenticate)]
-
-
-class RecentIds:
-    """The last ``size`` WhatsApp message ids seen (webhooks are redelivered)."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self.size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, message_id: object) -> bool:
-        return message_id in self._ids
-
-    def discard(self, message_id: str) -> None:
-        self._ids.pop(message_id, None)
-
-    def add(self, message_id: str) -> None:
-        self._ids[message_id] = None
-        self._ids.move_to_end(message_id)
-        while len(self._ids) > self.size:
-            self._ids.popitem(last=False)
 
 
 # --------------------------------------------------------------------------- app
@@ -659,7 +529,7 @@ def create_app(
         ``{"type": "ping"}`` (answered ``pong``), ``{"type": "heartbeat"}``
         (an executive's activity)."""
         await websocket.accept()
-        token = websocket.query_params.get("token") or _bearer(
+        token = websocket.query_params.get("token") or bearer(
             websocket.headers.get("authorization")
         )
         actor = config.actor_for(token)

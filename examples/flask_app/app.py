@@ -30,40 +30,37 @@ README next to this file.
 from __future__ import annotations
 
 import atexit
-import enum
-import hmac
 import json
 import logging
 import os
 import re
-import secrets
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 
-import cattrs
+from examples.common import (
+    RecentIds,
+    actor_for,
+    async_desk_from_env,
+    bearer,
+    dumps,
+    env_config,
+    error_status,
+    parse_tokens,
+    to_json,
+)
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from smartchat_core import (
     SYSTEM,
     Actor,
-    AsyncSmartChat,
-    BackendError,
     ConflictError,
-    DeliveryError,
     Event,
-    ExecutiveStatus,
-    Interlocutor,
     InvalidInputError,
-    NotFoundError,
-    PermissionDeniedError,
-    Settings,
     SmartChat,
     SmartChatError,
     SyncSubscription,
@@ -72,7 +69,6 @@ from smartchat_core import (
 from smartchat_core.whatsapp import (
     SIGNATURE_HEADER,
     InboundMessage,
-    WhatsAppCloudSender,
     parse_webhook,
     verification_challenge,
     verify_signature,
@@ -140,50 +136,16 @@ class AppConfig:
         tokens, one supervisor token is generated (and logged by
         :func:`create_app`)."""
         env = os.environ if environ is None else environ
-        tokens = parse_tokens(env.get("SMARTCHAT_API_TOKENS", ""))
-        generated = not tokens
-        if generated:
-            tokens = {secrets.token_urlsafe(24): Actor.supervisor("admin")}
         keepalive = env.get("SMARTCHAT_SSE_KEEPALIVE") or "15"
         try:
             sse_keepalive = float(keepalive)
         except ValueError:
             raise ValueError(f"SMARTCHAT_SSE_KEEPALIVE: {keepalive!r} is not seconds") from None
-        return cls(
-            api_tokens=tokens,
-            whatsapp_app_secret=env.get("WHATSAPP_APP_SECRET") or None,
-            whatsapp_verify_token=env.get("WHATSAPP_VERIFY_TOKEN") or None,
-            customer_type=env.get("SMARTCHAT_CUSTOMER_TYPE") or "retail",
-            run_monitors=env.get("SMARTCHAT_RUN_MONITORS", "1") not in ("0", "false", "no"),
-            sse_keepalive=sse_keepalive,
-            generated_token=generated,
-        )
+        return cls(**env_config(env), sse_keepalive=sse_keepalive)
 
     def actor_for(self, token: str | None) -> Actor | None:
         """The actor of a bearer token (compared in constant time)."""
-        if not token:
-            return None
-        found = None
-        for known, actor in self.api_tokens.items():
-            if hmac.compare_digest(known.encode(), token.encode()):
-                found = actor
-        return found
-
-
-def parse_tokens(spec: str) -> dict[str, Actor]:
-    """``"tok1=supervisor:lead,tok2=executive:e1"`` -> ``{token: Actor}``."""
-    tokens: dict[str, Actor] = {}
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        token, _, who = item.partition("=")
-        role, _, actor_id = who.partition(":")
-        if not token or not actor_id or role not in ("supervisor", "executive"):
-            raise ValueError(
-                f"SMARTCHAT_API_TOKENS: {item!r} is not token=supervisor:ID or token=executive:ID"
-            )
-        tokens[token] = (
-            Actor.supervisor(actor_id) if role == "supervisor" else Actor.executive(actor_id)
-        )
-    return tokens
+        return actor_for(self.api_tokens, token)
 
 
 def desk_from_env(environ: Mapping[str, str] | None = None) -> SmartChat:
@@ -192,65 +154,13 @@ def desk_from_env(environ: Mapping[str, str] | None = None) -> SmartChat:
     ``SMARTCHAT_REDIS_URL`` are set; WhatsApp Cloud API sender when
     ``WHATSAPP_TOKEN`` and ``WHATSAPP_PHONE_NUMBER_ID`` are set, else the
     messages are logged."""
-    env = os.environ if environ is None else environ
-    rating_secret = env.get("SMARTCHAT_RATING_SECRET")
-    if not rating_secret:
-        rating_secret = secrets.token_urlsafe(32)
-        logger.warning(
-            "SMARTCHAT_RATING_SECRET unset: rating tokens are valid in this process only"
-        )
-    settings = Settings(rating_secret=rating_secret).with_env(env)
-    sender = WhatsAppCloudSender.from_env(env)
-    mongodb_url = env.get("SMARTCHAT_MONGODB_URL") or None
-    redis_url = env.get("SMARTCHAT_REDIS_URL") or None
-    if mongodb_url or redis_url:
-        from_urls = getattr(AsyncSmartChat, "from_urls", None)
-        if from_urls is None:
-            raise RuntimeError(
-                "SMARTCHAT_MONGODB_URL / SMARTCHAT_REDIS_URL are set, but this version of "
-                "smartchat_core has no AsyncSmartChat.from_urls; unset them to run in memory"
-            )
-        desk: AsyncSmartChat = from_urls(
-            mongodb_url=mongodb_url, redis_url=redis_url, settings=settings, sender=sender
-        )
-        return SmartChat(desk)
-    return SmartChat(AsyncSmartChat.in_memory(settings=settings, sender=sender))
+    return SmartChat(async_desk_from_env(environ))
 
 
 CUSTOMER = Actor.customer()
 """Who calls the rating endpoint: the token is required, nothing else allowed."""
 
 # --------------------------------------------------------------------- JSON forms
-
-_json = cattrs.Converter()
-_json.register_unstructure_hook(datetime, lambda value: value.isoformat())
-for _enum in (ExecutiveStatus, Interlocutor):  # str enums: plain values, not members
-    _json.register_unstructure_hook(_enum, lambda value: value.value)
-_json.register_unstructure_hook_func(
-    lambda kind: kind in (set, frozenset) or getattr(kind, "__origin__", None) in (set, frozenset),
-    lambda value: sorted(_json.unstructure(item) for item in value),
-)
-
-
-def to_json(model: object) -> Any:
-    """A library model as JSON-ready data (ISO datetimes, enum values, sets
-    as sorted lists)."""
-    return _json.unstructure(model)
-
-
-def _json_default(value: object) -> Any:
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def dumps(data: object) -> str:
-    """Compact JSON text (tolerates sets and datetimes in event payloads)."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_json_default)
 
 
 def json_response(
@@ -262,20 +172,6 @@ def json_response(
 
 
 # ------------------------------------------------------------------------ errors
-
-ERROR_STATUS: tuple[tuple[type[SmartChatError], int], ...] = (
-    (InvalidInputError, 422),
-    (NotFoundError, 404),
-    (PermissionDeniedError, 403),
-    (ConflictError, 409),
-    (BackendError, 503),
-    (DeliveryError, 502),
-)
-
-
-def error_status(error: SmartChatError) -> int:
-    """The HTTP status of a library error."""
-    return next((status for kind, status in ERROR_STATUS if isinstance(error, kind)), 400)
 
 
 def _status_name(status: int) -> str:
@@ -447,34 +343,6 @@ RATING = {
 # ------------------------------------------------------------------------ state
 
 
-class RecentIds:
-    """The last ``size`` WhatsApp message ids seen (webhooks are redelivered).
-    Thread-safe: requests run in several threads."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self.size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __contains__(self, message_id: object) -> bool:
-        with self._lock:
-            return message_id in self._ids
-
-    def add_if_new(self, message_id: str) -> bool:
-        """Remember ``message_id``; ``False`` if it was already there."""
-        with self._lock:
-            if message_id in self._ids:
-                return False
-            self._ids[message_id] = None
-            while len(self._ids) > self.size:
-                self._ids.popitem(last=False)
-            return True
-
-    def discard(self, message_id: str) -> None:
-        with self._lock:
-            self._ids.pop(message_id, None)
-
-
 class StreamClosed(Exception):
     """The event stream is closed: end the response."""
 
@@ -612,17 +480,10 @@ def _started(desk: SmartChat) -> bool:
 # ------------------------------------------------------------------------- auth
 
 
-def _bearer(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
 def authenticate(token: str | None = None) -> Actor:
     """The actor of the request's ``Authorization: Bearer <token>`` (or of
     ``token`` when given, e.g. from the query string of ``/events``)."""
-    token = token or _bearer(request.headers.get("Authorization"))
+    token = token or bearer(request.headers.get("Authorization"))
     if token is None:
         raise RequestError(
             401, "missing bearer token", headers={"WWW-Authenticate": 'Bearer realm="smartchat"'}

@@ -6,6 +6,7 @@ background monitors, over ports with in-memory, MongoDB and Redis adapters.
 """
 
 from ._auth import SYSTEM, Actor, Role
+from ._convert import to_json
 from ._desk import AsyncSmartChat
 from ._errors import (
     AlreadyRatedError,
@@ -88,4 +89,5 @@ __all__ = [
     "__version__",
     "chat_room",
     "executive_room",
+    "to_json",
 ]
