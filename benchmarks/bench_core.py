@@ -210,10 +210,11 @@ def generate_chats(total: int, due: int, rng: random.Random) -> Iterator[Chat]:
             )
 
 
-def waiting_chats(count: int) -> Iterator[Chat]:
-    """Open unassigned chats in the waiting queues (for assign_chat_round_robin)."""
+def waiting_chats(count: int, now: datetime = NOW) -> Iterator[Chat]:
+    """Open unassigned chats in the waiting queues, oldest first, the newest a
+    second before ``now`` (for assign_chat_round_robin)."""
     for i in range(count):
-        at = NOW - timedelta(seconds=count - i)
+        at = now - timedelta(seconds=count - i)
         yield Chat(
             id=f"w{i:08d}",
             customer_id=f"+92{i:010d}",

@@ -65,7 +65,7 @@ import bench_core
 from _servers import RedisProcess, SecantusProcess, ServerError, redis_server, secantus
 
 import smartchat_core
-from smartchat_core import AsyncSmartChat, Chat, Interlocutor, Settings
+from smartchat_core import AsyncSmartChat, Chat, Settings
 from smartchat_core.abc import MessageSender
 from smartchat_core.adapters.memory import (
     MemoryChatStore,
@@ -209,25 +209,7 @@ async def register_team(desk: AsyncSmartChat) -> None:
 
 def waiting_chats(count: int, now: datetime) -> list[Chat]:
     """Open unassigned chats in the waiting queues, oldest first."""
-    chats = []
-    for i in range(count):
-        at = now - timedelta(seconds=count - i)
-        chats.append(
-            Chat(
-                id=f"w{i:08d}",
-                customer_id=f"+92{i:010d}",
-                customer_name=f"Waiting {i}",
-                customer_type=CUSTOMER_TYPES[i % len(CUSTOMER_TYPES)],
-                created_at=at,
-                opened_at=at,
-                queued_at=at,
-                last_incoming_message=at,
-                last_interaction_by=Interlocutor.CUSTOMER,
-                last_message="hi",
-                last_activity_at=at,
-            )
-        )
-    return chats
+    return list(bench_core.waiting_chats(count, now))
 
 
 async def load_chats(desk: AsyncSmartChat, chats: Sequence[Chat], servers: Servers) -> None:
