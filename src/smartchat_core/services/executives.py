@@ -155,12 +155,13 @@ class ExecutiveService(Service):
         for customer_type in sorted(executive.customer_types):
             if executive.status is ExecutiveStatus.ONLINE:
                 await rotation.add(customer_type, executive.id)
-                if len(await rotation.members(customer_type)) == 1:
+                ring = await rotation.members(customer_type)
+                if len(ring) == 1:
                     # Alone in the ring: either the only one online, or the
                     # rotation backend lost its data and the add re-created
                     # the ring with this executive only.  Rebuild from the
                     # executive store so the others are not starved.
-                    await self._rebuild_rotation(customer_type)
+                    await self._rebuild_rotation(customer_type, current=ring)
             else:
                 await rotation.remove(customer_type, executive.id)
 
@@ -280,16 +281,19 @@ class ExecutiveService(Service):
             return current if current is not None else change.chat
         return change.chat if change.chat is not None else chat
 
-    async def _rebuild_rotation(self, customer_type: str) -> bool:
-        """The ring is empty: rebuild it from the executive store (the rotation
-        backend lost its data, or everyone left).  True if it has members now."""
+    async def _rebuild_rotation(self, customer_type: str, *, current: Sequence[str] = ()) -> bool:
+        """Rebuild the ring from the executive store when it lacks online
+        executives (the rotation backend lost its data, or everyone left).
+        True if it has members now."""
         online = await self.ports.executives.list(
             customer_type=customer_type, status=ExecutiveStatus.ONLINE
         )
         if not online:
             return False
-        logger.warning("rebuilding the rotation of %r from the executive store", customer_type)
-        await self.ports.rotation.replace(customer_type, [e.id for e in online])
+        ids = [e.id for e in online]
+        if set(ids) != set(current):
+            logger.warning("rebuilding the rotation of %r from the executive store", customer_type)
+            await self.ports.rotation.replace(customer_type, ids)
         return True
 
     async def _drop_stale(self, customer_type: str, executive_id: str) -> None:
