@@ -1,12 +1,12 @@
 """The MongoDB adapters on mongomock and on a real wire server (SecantusDB, or
-$SMARTCHAT_TEST_MONGODB_URL), with and without transactions.
+$SMARTCHAT_TEST_MONGODB_URL).
 
 * differential tests: random call sequences on each Mongo port and on the
   in-memory reference adapter give the same results, call by call;
 * query plans of every hot query (index scan, no collection scan);
 * concurrency: two clients assigning the same chats, capacity;
-* a backend failure mid-operation leaves nothing half-changed (or, without
-  transactions, a marker that completes itself);
+* a backend failure mid-operation leaves nothing half-changed; a remembered
+  document that is out of date costs a fresh read, never a wrong write;
 * operator injection and regex metacharacters through AsyncSmartChat;
 * a Smart Chat V2 database (ObjectId ids, missing fields) and ``migrate``.
 """
@@ -30,10 +30,12 @@ from smartchat_core import AsyncSmartChat, BackendError, InvalidInputError, Sett
 from smartchat_core._models import (
     ChatQuery,
     ChatStatusFilter,
+    ExecutiveCounters,
     ExecutiveStatus,
     Interlocutor,
     Rating,
     ResolutionEntry,
+    TypeCounters,
 )
 from smartchat_core.abc import AssignOutcome
 from smartchat_core.adapters import mongodb
@@ -75,14 +77,13 @@ SEARCHES = ("a.b", ".", "(", "[", "%", "+", "\\", "RAVI", "ravi", ".*", "a+", "+
 
 @attrs.define
 class Env:
-    """One Mongo setup: mongomock, or the wire server with or without
-    transactions.  ``connection()`` opens a new client on the same database
-    (a second "process"); mongomock shares its one in-process client."""
+    """One Mongo setup: mongomock, or the wire server.  ``connection()``
+    opens a new client on the same database (a second "process"); mongomock
+    shares its one in-process client."""
 
     name: str
     make_client: Callable[[], Any]
     database: str
-    transactions: bool | None
     clients: list[Any] = attrs.Factory(list)
 
     @property
@@ -92,7 +93,7 @@ class Env:
     def connection(self) -> MongoConnection:
         client = self.make_client()
         self.clients.append(client)
-        return MongoConnection(client, database=self.database, transactions=self.transactions)
+        return MongoConnection(client, database=self.database)
 
     def raw_db(self) -> Any:
         if not self.clients:
@@ -104,14 +105,12 @@ class Env:
             client.close()
 
 
-@pytest.fixture(params=["mongomock", "wire", "wire-ordered"])
+@pytest.fixture(params=["mongomock", "wire"])
 def env(request: pytest.FixtureRequest) -> Iterator[Env]:
-    """mongomock (no transactions); the wire server with transactions
-    (detected); the wire server forced to the ordered, self-repairing
-    protocol."""
+    """mongomock, and the wire server."""
     if request.param == "mongomock":
         client = request.getfixturevalue("mongomock_client")
-        environment = Env("mongomock", lambda: client, "smartchat", None)
+        environment = Env("mongomock", lambda: client, "smartchat")
     else:
         import pymongo
 
@@ -121,7 +120,6 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
             request.param,
             lambda: pymongo.MongoClient(url, tz_aware=True),
             database,
-            False if request.param == "wire-ordered" else None,
         )
     yield environment
     environment.close()
@@ -131,9 +129,7 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
 def wire_env(mongo_url: str, mongo_database: str) -> Iterator[Env]:
     import pymongo
 
-    environment = Env(
-        "wire", lambda: pymongo.MongoClient(mongo_url, tz_aware=True), mongo_database, None
-    )
+    environment = Env("wire", lambda: pymongo.MongoClient(mongo_url, tz_aware=True), mongo_database)
     yield environment
     environment.close()
 
@@ -154,7 +150,6 @@ async def desk_on(env: Env, clock: ManualClock, **settings: Any) -> AsyncIterato
         database=env.database,
         settings=config,
         clock=clock,
-        transactions=env.transactions,
     )
     async with AsyncSmartChat(
         Ports(
@@ -175,11 +170,24 @@ def publisher_of(desk: AsyncSmartChat) -> RecordingPublisher:
 
 
 async def assert_counters_equal_recount(store: MongoChatStore) -> None:
-    before = (await store.type_counters(), await store.executive_counters(EXECUTIVES))
-    await store.recount()
-    after = (await store.type_counters(), await store.executive_counters(EXECUTIVES))
-    assert before == after
-    assert await store.pending_count() == 0
+    """The counters the store reports equal a tally of every chat, done here
+    by hand from a plain listing."""
+    page = await store.query(ChatQuery(status=ChatStatusFilter.OPEN, limit=10_000))
+    by_type: dict[str, list[int]] = {}
+    by_executive = {e: [0, 0] for e in EXECUTIVES}
+    for chat in page.items:
+        awaiting = int(store.awaiting_tag in chat.tags)
+        counts = by_type.setdefault(chat.customer_type, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += int(chat.assigned_executive_id is None)
+        counts[2] += awaiting
+        if chat.assigned_executive_id in by_executive:
+            by_executive[chat.assigned_executive_id][0] += 1
+            by_executive[chat.assigned_executive_id][1] += awaiting
+    assert await store.type_counters() == {t: TypeCounters(*c) for t, c in by_type.items()}
+    assert await store.executive_counters(EXECUTIVES) == {
+        e: ExecutiveCounters(*c) for e, c in by_executive.items()
+    }
 
 
 # ------------------------------------------------------------ differential: chats
@@ -229,7 +237,7 @@ async def test_chat_store_matches_memory(env: Env, seed: int) -> None:
     clock = ManualClock(T0)
     memory = MemoryChatStore(awaiting_tag="awaiting")
     async with AsyncExitStack() as stack:
-        mongo = await started(MongoChatStore(env.connection(), clock=clock), stack)
+        mongo = await started(MongoChatStore(env.connection()), stack)
         customers = [f"+9198{n:08d}" for n in range(7)]
         steps = 160 if env.wire else 320
         for step in range(steps):
@@ -251,7 +259,6 @@ async def test_chat_store_matches_memory(env: Env, seed: int) -> None:
             customer_type = rng.choice(TYPES)
             tag = rng.choice(TAGS)
             expected_from = holder if rng.random() < 0.85 else executive
-            capacity = rng.choice([None, None, 0, 1, 2, 3])
             new_id = uuid.uuid4().hex
             method, args, kwargs = {
                 "incoming": (
@@ -274,7 +281,7 @@ async def test_chat_store_matches_memory(env: Env, seed: int) -> None:
                 "assign": (
                     "assign",
                     (chat_id, executive),
-                    {"expected_from": expected_from, "capacity": capacity, "now": now},
+                    {"expected_from": expected_from, "now": now},
                 ),
                 "unassign": (
                     "unassign",
@@ -493,11 +500,11 @@ def _explain(db: Any, collection: str, filter: dict[str, Any], sort: Any, limit:
 async def test_hot_queries_use_indexes(wire_env: Env) -> None:
     """Every hot query is an index scan whose examined documents are about
     what it returns, among many documents it must not touch."""
-    clock = ManualClock(T0)
+    ManualClock(T0)
     rng = random.Random(1)
     async with AsyncExitStack() as stack:
         connection = wire_env.connection()
-        chats = await started(MongoChatStore(connection, clock=clock), stack)
+        chats = await started(MongoChatStore(connection), stack)
         executives = await started(MongoExecutiveStore(connection), stack)
         db = wire_env.raw_db()
         docs = []
@@ -598,7 +605,6 @@ async def test_indexes_exist(wire_env: Env) -> None:
             "smartchat_list_assignee",
             "smartchat_list_tag",
             "smartchat_list_sender",
-            "smartchat_pending",
         } <= names
         ttl = {i["name"]: i.get("expireAfterSeconds") for i in db["v2_locks"].list_indexes()}
         assert ttl["smartchat_purge"] == 0
@@ -625,17 +631,15 @@ async def _waiting_chats(store: MongoChatStore, count: int) -> list[str]:
 
 
 async def test_two_clients_never_double_assign(env: Env) -> None:
-    clock = ManualClock(T0)
+    ManualClock(T0)
     async with AsyncExitStack() as stack:
-        first = await started(MongoChatStore(env.connection(), clock=clock), stack)
-        second = await started(MongoChatStore(env.connection(), clock=clock), stack)
+        first = await started(MongoChatStore(env.connection()), stack)
+        second = await started(MongoChatStore(env.connection()), stack)
         chat_ids = await _waiting_chats(first, 25)
         wins: dict[str, list[str]] = {c: [] for c in chat_ids}
 
         async def assign(store: MongoChatStore, chat_id: str, executive: str) -> None:
-            result = await store.assign(
-                chat_id, executive, expected_from=None, capacity=None, now=T0
-            )
+            result = await store.assign(chat_id, executive, expected_from=None, now=T0)
             if result.outcome is AssignOutcome.ASSIGNED:
                 wins[chat_id].append(executive)
             else:
@@ -659,25 +663,25 @@ async def test_two_clients_never_double_assign(env: Env) -> None:
 
 
 async def test_capacity_never_exceeded_under_concurrency(env: Env) -> None:
+    """Two desks (two clients) assign 16 chats at once to one executive with
+    room for 3: it ends with exactly 3, the others wait."""
     clock = ManualClock(T0)
-    async with AsyncExitStack() as stack:
-        stores = [
-            await started(MongoChatStore(env.connection(), clock=clock), stack) for _ in range(2)
-        ]
-        chat_ids = await _waiting_chats(stores[0], 16)
-        outcomes: list[AssignOutcome] = []
-
-        async def assign(store: MongoChatStore, chat_id: str) -> None:
-            result = await store.assign(chat_id, "e1", expected_from=None, capacity=3, now=T0)
-            outcomes.append(result.outcome)
-
+    async with desk_on(env, clock) as first, desk_on(env, clock) as second:
+        await first.register_executive("e1", name="e1", customer_types={"retail"}, max_open_chats=3)
+        chat_ids = await _waiting_chats(first.ports.chats, 16)  # type: ignore[arg-type]
+        await first.ports.executives.set_status("e1", ExecutiveStatus.ONLINE, now=clock.now())
+        await first.ports.rotation.add("retail", "e1")
         async with anyio.create_task_group() as group:
-            for chat_id, store in itertools.product(chat_ids, stores):
-                group.start_soon(assign, store, chat_id)
-        assert outcomes.count(AssignOutcome.ASSIGNED) == 3
-        assert len(await stores[1].open_chats_of("e1")) == 3
-        assert (await stores[0].executive_counters(["e1"]))["e1"].open_chats == 3
-        await assert_counters_equal_recount(stores[1])
+            for chat_id, desk in itertools.product(chat_ids, (first, second)):
+                group.start_soon(desk.assign_chat_round_robin, chat_id)
+        assert len(await second.ports.chats.open_chats_of("e1")) == 3
+        assert (await first.get_executive("e1")).open_chats == 3
+        assert (await second.get_counters()).unassigned == 13
+        announced = [
+            e.payload for desk in (first, second) for e in publisher_of(desk).named("chat_assigned")
+        ]
+        assert len(announced) == 3
+        await assert_counters_equal_recount(second.ports.chats)  # type: ignore[arg-type]
 
 
 async def test_two_desks_assign_each_chat_once(env: Env) -> None:
@@ -750,15 +754,15 @@ def _fail_updates(
 async def test_failing_chat_write_changes_nothing(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = ManualClock(T0)
+    ManualClock(T0)
     async with AsyncExitStack() as stack:
-        store = await started(MongoChatStore(env.connection(), clock=clock), stack)
+        store = await started(MongoChatStore(env.connection()), stack)
         (chat_id,) = await _waiting_chats(store, 1)
         before = await store.get(chat_id)
         counters = await store.type_counters()
         state = _fail_updates(monkeypatch, "v2_chats", times=1000)
         with pytest.raises(BackendError) as caught:
-            await store.assign(chat_id, "e1", expected_from=None, capacity=None, now=T0)
+            await store.assign(chat_id, "e1", expected_from=None, now=T0)
         assert caught.value.__cause__ is not None
         assert state["failed"] >= 1
         monkeypatch.undo()
@@ -768,82 +772,78 @@ async def test_failing_chat_write_changes_nothing(
         await assert_counters_equal_recount(store)
 
 
-async def test_failing_counter_write_mid_operation(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The second counter update of an assignment fails for good.  With a
-    transaction nothing changes; without, the chat carries a marker that
-    ``repair`` completes once its lease ran out."""
-    clock = ManualClock(T0)
+async def test_a_remembered_document_out_of_date_costs_a_read(env: Env) -> None:
+    """Each store remembers the chats it read or wrote; another client's
+    change makes its next write against that memory fail, and the store
+    reads the chat again and decides on what is there."""
+    ManualClock(T0)
     async with AsyncExitStack() as stack:
-        connection = env.connection()
-        store = await started(MongoChatStore(connection, clock=clock), stack)
-        (chat_id,) = await _waiting_chats(store, 1)
-        before = await store.get(chat_id)
-        _fail_updates(monkeypatch, store.counters_collection, after=1, times=1000)
-        with pytest.raises(BackendError):
-            await store.assign(chat_id, "e1", expected_from=None, capacity=2, now=T0)
-        monkeypatch.undo()
-        if await connection.transactions():
-            assert await store.get(chat_id) == before
-            assert await store.pending_count() == 0
-            await assert_counters_equal_recount(store)
-            return
-        # Ordered writes: the chat changed, a marker says the counters follow.
-        assert (await store.get(chat_id)).assigned_executive_id == "e1"  # type: ignore[union-attr]
-        assert await store.pending_count() == 1
-        assert await store.repair() == 0  # the lease has not run out
-        clock.advance(store.lease)
-        assert await store.repair() == 1
-        assert await store.pending_count() == 0
-        assert (await store.executive_counters(["e1"]))["e1"].open_chats == 1
-        assert (await store.type_counters())["retail"] == mongodb.TypeCounters(1, 0, 0)
-        await assert_counters_equal_recount(store)
-        assert await store.repair() == 0  # idempotent
-
-
-async def test_transient_counter_failure_is_retried(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    clock = ManualClock(T0)
-    async with AsyncExitStack() as stack:
-        connection = env.connection()
-        store = await started(MongoChatStore(connection, clock=clock), stack)
-        (chat_id,) = await _waiting_chats(store, 1)
-        _fail_updates(monkeypatch, store.counters_collection, after=0, times=1)
-        if await connection.transactions():
-            with pytest.raises(BackendError):  # aborted: the caller may retry
-                await store.assign(chat_id, "e1", expected_from=None, capacity=None, now=T0)
-            assert await store.pending_count() == 0
-            result = await store.assign(chat_id, "e1", expected_from=None, capacity=None, now=T0)
-        else:
-            result = await store.assign(chat_id, "e1", expected_from=None, capacity=None, now=T0)
+        first = await started(MongoChatStore(env.connection()), stack)
+        second = await started(MongoChatStore(env.connection()), stack)
+        chat_id, other = await _waiting_chats(first, 2)
+        assert (await first.get(chat_id)) == (await second.get(chat_id))
+        taken = await second.assign(chat_id, "e2", expected_from=None, now=T0)
+        assert taken.outcome is AssignOutcome.ASSIGNED
+        # first still remembers the chat unassigned
+        result = await first.assign(chat_id, "e1", expected_from=None, now=T0)
+        assert result.outcome is AssignOutcome.CHAT_CHANGED and result.chat == taken.chat
+        moved = await first.assign(chat_id, "e1", expected_from="e2", now=T0)
+        assert moved.outcome is AssignOutcome.ASSIGNED
+        # a no-op decided on memory is checked against the server
+        await second.add_tag(chat_id, "vip")
+        change = await first.add_tag(chat_id, "vip")
+        assert not change.changed and change.chat is not None and change.chat.tags == ("vip",)
+        change = await second.remove_tag(chat_id, "vip")  # second remembers an old version
+        assert change.changed and change.chat is not None
+        assert change.chat.assigned_executive_id == "e1"
+        # a store without memory reads every time and gives the same answers
+        plain = await started(MongoChatStore(env.connection(), cache_size=0), stack)
+        result = await plain.assign(other, "e3", expected_from=None, now=T0)
         assert result.outcome is AssignOutcome.ASSIGNED
-        await assert_counters_equal_recount(store)
-        assert (await store.executive_counters(["e1"]))["e1"].open_chats == 1
+        assert result.previous is not None and result.previous.assigned_executive_id is None
+        await assert_counters_equal_recount(first)
 
 
-async def test_next_write_completes_an_expired_marker(
-    env: Env, monkeypatch: pytest.MonkeyPatch
+async def test_an_assignment_of_a_chat_in_hand_is_one_command(
+    wire_env: Env, mongo_url: str
 ) -> None:
-    clock = ManualClock(T0)
+    """A chat this process has just read is assigned with one ``update``
+    (compare-and-set on its version), and taken back with one more."""
+    import pymongo
+    from pymongo import monitoring
+
+    commands: list[str] = []
+
+    class Listener(monitoring.CommandListener):
+        def started(self, event: Any) -> None:
+            if event.command_name not in ("hello", "isMaster", "endSessions"):
+                commands.append(event.command_name)
+
+        def succeeded(self, event: Any) -> None:
+            pass
+
+        def failed(self, event: Any) -> None:
+            pass
+
+    client = pymongo.MongoClient(mongo_url, tz_aware=True, event_listeners=[Listener()])
+    wire_env.clients.append(client)
     async with AsyncExitStack() as stack:
         store = await started(
-            MongoChatStore(env.connection(), clock=clock, lease=timedelta(seconds=10)), stack
+            MongoChatStore(MongoConnection(client, database=wire_env.database)), stack
         )
-        if await store.connection.transactions():
-            pytest.skip("markers exist only without transactions")
         (chat_id,) = await _waiting_chats(store, 1)
-        _fail_updates(monkeypatch, store.counters_collection, times=1000)
-        with pytest.raises(BackendError):
-            await store.add_tag(chat_id, "awaiting")
-        monkeypatch.undo()
-        clock.advance(timedelta(seconds=10))
-        change = await store.add_tag(chat_id, "vip")
-        assert change.changed and change.chat is not None
-        assert change.chat.tags == ("awaiting", "vip")
-        assert (await store.type_counters())["retail"] == mongodb.TypeCounters(1, 1, 1)
-        await assert_counters_equal_recount(store)
+        waiting = await store.waiting("retail", limit=10)
+        assert [c.id for c in waiting] == [chat_id]
+        commands.clear()
+        result = await store.assign(chat_id, "e1", expected_from=None, now=T0)
+        assert result.outcome is AssignOutcome.ASSIGNED and result.chat is not None
+        assert commands == ["update"]
+        assert result.previous is not None
+        assert (await store.undo_assign(result.chat, result.previous)).changed
+        assert commands == ["update", "update"]
+        commands.clear()
+        assert (await store.executive_counters(["e1"]))["e1"].open_chats == 0
+        assert commands == ["aggregate"]
 
 
 async def test_driver_errors_become_backend_errors(
@@ -854,10 +854,10 @@ async def test_driver_errors_become_backend_errors(
     async def down(self: Any, *args: Any, **kwargs: Any) -> Any:
         raise ServerSelectionTimeoutError("injected: no server")
 
-    clock = ManualClock(T0)
+    ManualClock(T0)
     async with AsyncExitStack() as stack:
         connection = env.connection()
-        store = await started(MongoChatStore(connection, clock=clock), stack)
+        store = await started(MongoChatStore(connection), stack)
         rotation = await started(MongoRotation(connection), stack)
         monkeypatch.setattr(mongodb._ThreadedColl, "find_one", down)
         monkeypatch.setattr(mongodb._ThreadedColl, "find_one_and_update", down)
@@ -938,7 +938,7 @@ async def test_seed_database_and_migrate(env: Env) -> None:
         "assigned_at": None,
     }
     async with AsyncExitStack() as stack:
-        store = await started(MongoChatStore(env.connection(), clock=clock), stack)
+        store = await started(MongoChatStore(env.connection()), stack)
         env.raw_db()[store.chats_collection].insert_one(dict(seed_doc))
         chat = await store.get(str(oid))
         assert chat is not None and chat.id == str(oid)
@@ -951,7 +951,7 @@ async def test_seed_database_and_migrate(env: Env) -> None:
         assert await store.migrate() == 0
         assert [c.id for c in await store.waiting("retail", limit=10)] == [str(oid)]
         assert (await store.type_counters())["retail"] == mongodb.TypeCounters(1, 1, 0)
-        result = await store.assign(str(oid), "e1", expected_from=None, capacity=None, now=T0)
+        result = await store.assign(str(oid), "e1", expected_from=None, now=T0)
         assert result.outcome is AssignOutcome.ASSIGNED
         again = await store.record_incoming(
             new_id="unused",
@@ -1014,15 +1014,15 @@ async def test_async_client(anyio_backend: str, mongo_url: str, mongo_database: 
 async def test_due_queries_include_the_cutoff_itself(env: Env) -> None:
     """ "At or before" includes "at" (SecantusDB drops documents equal to a
     ``$lte`` bound on a middle field of a compound index)."""
-    clock = ManualClock(T0)
+    ManualClock(T0)
     async with AsyncExitStack() as stack:
         connection = env.connection()
-        chats = await started(MongoChatStore(connection, clock=clock), stack)
+        chats = await started(MongoChatStore(connection), stack)
         executives = await started(MongoExecutiveStore(connection), stack)
         (chat_id,) = await _waiting_chats(chats, 1)
         assert [c.id for c in await chats.sla_due(T0, limit=5)] == [chat_id]
         assert await chats.sla_due(T0 - timedelta(milliseconds=1), limit=5) == []
-        await chats.assign(chat_id, "e1", expected_from=None, capacity=None, now=T0)
+        await chats.assign(chat_id, "e1", expected_from=None, now=T0)
         await chats.record_outgoing(chat_id, executive_id="e1", preview="hello", now=T0)
         assert [c.id for c in await chats.awaiting_due(T0, limit=5)] == [chat_id]
         assert await chats.awaiting_due(T0 - timedelta(milliseconds=1), limit=5) == []

@@ -139,8 +139,6 @@ class Settings:
     executives_collection: str = "v2_executives"
     ratings_collection: str = "v2_chat_ratings"
     resolutions_collection: str = "v2_chat_resolve_log"
-    counters_collection: str = "v2_chat_counters"
-    """MongoDB: the per-executive and per-customer-type counters."""
     rotation_collection: str = "v2_rotation"
     """MongoDB-only deployments: the round-robin rings."""
     dedup_collection: str = "v2_sla_alerts"

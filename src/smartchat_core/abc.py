@@ -94,8 +94,6 @@ class AssignOutcome(str, enum.Enum):
     """The chat now belongs to the executive; counters moved."""
     CHAT_CHANGED = "chat_changed"
     """The chat is resolved, missing, or its assignee is not the expected one."""
-    AT_CAPACITY = "at_capacity"
-    """The executive already holds ``capacity`` open chats."""
 
 
 @attrs.frozen
@@ -103,6 +101,9 @@ class AssignResult:
     outcome: AssignOutcome
     chat: Chat | None
     """The chat after the call (``None`` only if it does not exist)."""
+    previous: Chat | None = None
+    """With ``ASSIGNED``: the chat exactly as this call found it (what
+    :meth:`ChatStore.undo_assign` puts back)."""
 
 
 @attrs.frozen
@@ -128,8 +129,10 @@ class ChatStore(Port, ABC):
     """Chats, and every counter derived from them.
 
     Counters (per executive: open and awaiting chats; per customer type: open,
-    unassigned and awaiting chats) are owned by this store and move in the
-    same atomic operation as the chat that moves them.  A chat counts as
+    unassigned and awaiting chats) are owned by this store and always agree
+    with the chats: either stored and moved in the same atomic operation as
+    the chat that moves them (the in-memory store), or computed from the
+    chats when read (the MongoDB store, from indexes over open chats).  A chat counts as
     *awaiting* while it is open and carries the store's ``awaiting_tag``
     (given to the adapter by the composition root from
     :attr:`Settings.awaiting_tag`).  An executive's counters count the open
@@ -183,18 +186,30 @@ class ChatStore(Port, ABC):
         executive_id: str,
         *,
         expected_from: str | None,
-        capacity: int | None,
         now: datetime,
     ) -> AssignResult:
-        """Assign the chat to ``executive_id`` if it is open, its assignee is
-        ``expected_from`` (``None``: unassigned) and the executive holds fewer
-        than ``capacity`` open chats (``None``: no limit).
+        """Assign the chat to ``executive_id`` if it is open and its assignee
+        is ``expected_from`` (``None``: unassigned).
 
         Sets ``assigned_executive_id``, ``assigned_at`` = ``now`` and
-        ``queued_at`` = ``None``; moves the counters of both executives and of
-        the customer type.  Two concurrent calls with the same
-        ``expected_from`` succeed at most once.
+        ``queued_at`` = ``None``; the counters of both executives and of the
+        customer type follow.  Two concurrent calls with the same
+        ``expected_from`` succeed at most once.  Whether the executive may
+        take the chat (online, serves the type, capacity) is the service's
+        to check, after this write (see :meth:`undo_assign`).
+
+        A store that keeps what it read may write against that (compare and
+        set) instead of reading again: the assignment of a chat the process
+        has just read is then one write.
         """
+
+    @abstractmethod
+    async def undo_assign(self, assigned: Chat, previous: Chat) -> ChatChange:
+        """Take back an assignment made by :meth:`assign`: if the chat is
+        open and still has ``assigned``'s assignee and ``assigned_at``, put
+        back ``previous``'s ``assigned_executive_id``, ``assigned_at`` and
+        ``queued_at`` (so a chat from the queue keeps its place); counters
+        follow.  ``changed`` is false when the chat moved on meanwhile."""
 
     @abstractmethod
     async def unassign(self, chat_id: str, *, expected_from: str, now: datetime) -> ChatChange:
@@ -260,17 +275,19 @@ class ChatStore(Port, ABC):
 
     @abstractmethod
     async def type_counters(self) -> dict[str, TypeCounters]:
-        """Counters of every customer type that has or had chats."""
+        """Counters of every customer type with open chats, by name (a type
+        that is missing has none)."""
 
     @abstractmethod
     async def recount(self) -> None:
-        """Rebuild every counter from the chats."""
+        """Rebuild every stored counter from the chats (nothing to do for a
+        store that computes them when read)."""
 
     async def repair(self) -> int:
-        """Complete changes a crashed process left half-done (stores that
-        cannot change a chat and its counters in one transaction); return how
-        many it completed.  Must be cheap when there is nothing to do: the
-        inactivity monitor calls it every tick.  The default does nothing."""
+        """Complete or clear changes a crashed process left half-done (for a
+        store whose writes span documents); return how many it handled.
+        Must be cheap when there is nothing to do: the inactivity monitor
+        calls it every tick.  The default does nothing."""
         return 0
 
 

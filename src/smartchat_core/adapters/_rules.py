@@ -19,6 +19,7 @@ from .._models import Chat, Interlocutor
 __all__ = [
     "assigned",
     "incoming",
+    "unassigned_back",
     "outgoing",
     "resolved",
     "retagged",
@@ -94,11 +95,28 @@ def outgoing(old: Chat | None, *, executive_id: str, preview: str, now: datetime
 def assigned(
     old: Chat | None, executive_id: str, *, expected_from: str | None, now: datetime
 ) -> Chat | None:
-    """Assignment of an open chat held by ``expected_from`` (capacity is the
-    store's to check, with its counters)."""
+    """Assignment of an open chat held by ``expected_from``."""
     if old is None or old.is_resolved or old.assigned_executive_id != expected_from:
         return None
     return attrs.evolve(old, assigned_executive_id=executive_id, assigned_at=now, queued_at=None)
+
+
+def unassigned_back(old: Chat | None, assigned: Chat, previous: Chat) -> Chat | None:
+    """An assignment taken back: ``previous``'s assignment fields return if
+    the chat is open and still holds ``assigned``'s assignment."""
+    if (
+        old is None
+        or old.is_resolved
+        or old.assigned_executive_id != assigned.assigned_executive_id
+        or old.assigned_at != assigned.assigned_at
+    ):
+        return None
+    return attrs.evolve(
+        old,
+        assigned_executive_id=previous.assigned_executive_id,
+        assigned_at=previous.assigned_at,
+        queued_at=previous.queued_at,
+    )
 
 
 def unassigned(old: Chat | None, *, expected_from: str, now: datetime) -> Chat | None:

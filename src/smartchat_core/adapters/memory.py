@@ -276,7 +276,11 @@ class MemoryChatStore(ChatStore):
         return result
 
     async def type_counters(self) -> dict[str, TypeCounters]:
-        return {name: TypeCounters(*values) for name, values in self._type_counters.items()}
+        return {
+            name: TypeCounters(*values)
+            for name, values in sorted(self._type_counters.items())
+            if values[0]
+        }
 
     # ------------------------------------------------------------------ writes
     async def record_incoming(
@@ -323,17 +327,17 @@ class MemoryChatStore(ChatStore):
         executive_id: str,
         *,
         expected_from: str | None,
-        capacity: int | None,
         now: datetime,
     ) -> AssignResult:
         old = self._chats.get(chat_id)
         new = rules.assigned(old, executive_id, expected_from=expected_from, now=now)
         if new is None:
             return AssignResult(AssignOutcome.CHAT_CHANGED, old)
-        held = self._executive_counters.get(executive_id, (0, 0))[0]
-        if capacity is not None and held >= capacity and executive_id != expected_from:
-            return AssignResult(AssignOutcome.AT_CAPACITY, old)
-        return AssignResult(AssignOutcome.ASSIGNED, self._put(old, new))
+        return AssignResult(AssignOutcome.ASSIGNED, self._put(old, new), old)
+
+    async def undo_assign(self, assigned: Chat, previous: Chat) -> ChatChange:
+        old = self._chats.get(assigned.id)
+        return self._change(old, rules.unassigned_back(old, assigned, previous))
 
     async def unassign(self, chat_id: str, *, expected_from: str, now: datetime) -> ChatChange:
         old = self._chats.get(chat_id)

@@ -1,4 +1,4 @@
-"""MongoDB adapters (pymongo): chats and their counters, executives, ratings,
+"""MongoDB adapters (pymongo): chats (and the counters computed from them), executives, ratings,
 the resolve log, and -- for a MongoDB-only deployment -- the round-robin
 rotation, SLA alert dedup and the monitors' lock.
 
@@ -41,8 +41,7 @@ string and found again by it).  Fields this library adds:
   chat is open, the executive spoke last and the awaiting tag is absent,
   else null.  It makes the awaiting tagger's query one index range (a
   ``tags: {$ne: ...}`` condition cannot be served by an index);
-* ``_v`` -- a version, incremented by every write (compare-and-set);
-* ``_pending`` -- only without transactions, see below.
+* ``_v`` -- a version, incremented by every write (compare-and-set).
 
 A database written by Smart Chat V2 lacks the added fields; reads tolerate
 that (they are derived on the fly), but the monitors' and the queue's
@@ -50,75 +49,51 @@ queries use them, so run :meth:`MongoChatStore.migrate` once (it backfills
 them, then rebuilds the counters).  :meth:`MongoChatStore.ensure_indexes`
 (run by ``start`` unless ``ensure_indexes=False``) creates the indexes.
 
-Counters live in their own collection (``counters_collection``, default
-``v2_chat_counters``): ``{_id: "executive:<id>", open_chats, awaiting_chats}``
-and, per customer type, ``type_counter_shards`` documents ``{_id:
-"type:<shard>:<customer type>", kind: "type", key, shard, open, unassigned,
-awaiting}`` that add up to its counters (each chat moves the shard of a
-stable hash of its id; a burst of new chats then does not serialise on one
-hot document).  ``recount`` writes the totals to shard 0 and zeroes the
-others.
+Writes: one document, compare-and-set
+=====================================
 
-Writes: compare-and-set on the chat
-===================================
+Every chat write is one document: the store takes the chat as last read or
+written by this process (it remembers up to ``cache_size`` of them) or reads
+it, computes the new chat in Python (exactly as the in-memory reference
+model does, :mod:`smartchat_core.adapters._rules`) and stores it with one
+``update_one({_id, _v: <known>}, {$set: <changed fields>, $inc: {_v: 1}})``
+(or one ``insert_one``).  The version makes every precondition (open,
+assignee, tags, ...) part of the single atomic write: a concurrent change
+makes it match nothing and the operation starts over with a fresh read, so
+two processes assigning the same chat assign it once.  A remembered document
+that is out of date therefore costs one failed write and a read, never a
+wrong write; a "nothing to change" decided on a remembered document is
+checked against a fresh read before it is returned.
 
-Every chat write reads the chat, computes the new chat in Python (exactly as
-the in-memory reference model does) and stores it with one
-``update_one({_id, _v: <read>}, {$set: <changed fields>, $inc: {_v: 1}})``.
-The version makes every precondition (open, assignee, tags, ...) part of the
-single atomic write: a concurrent change makes it match nothing and the
-operation starts over with a fresh read, so two processes assigning the same
-chat assign it once.  Why not ``find_one_and_update`` with the preconditions
-in the filter: one code path computes the new state for every operation (no
-second, operator-based rendering of the rules to keep in step), the same
-write runs inside a transaction or not, and SecantusDB's ``findAndModify``
-scans the whole collection (see below) while its ``update_one`` by ``_id`` is
-a point write.  The rotation's ``next`` is one ``find_one_and_update``.
+Why not ``find_one_and_update`` with the preconditions in the filter: one
+code path computes the new state for every operation (no second,
+operator-based rendering of the rules to keep in step), and SecantusDB's
+``findAndModify`` scans the whole collection (see below) while its
+``update_one`` by ``_id`` is a point write.  The rotation's ``next`` is one
+``find_one_and_update``.
 
-Counters: the guarantee
-=======================
+So assigning a chat this process has just read (the waiting queue it
+drains, the open chats of an executive it releases, the chat a message just
+created or updated) is **one** MongoDB command; the service then reads the
+executive once to confirm it may keep the chat (two commands per
+assignment in all, see ``docs/performance.md``).
 
-An operation that moves counters changes two or three documents (the chat,
-the counters of its customer type and of one or two executives).
+Counters: computed from the chats
+=================================
 
-**With transactions** (a replica set, a sharded cluster, SecantusDB -- detected
-from ``hello``; force with ``transactions=``), the chat write and the counter
-``$inc``\\ s run in one transaction, retried on ``TransientTransactionError``.
-Capacity is read inside the same transaction; two transactions reserving the
-last slot of an executive conflict on its counter document and the loser
-retries, so an executive is never pushed over ``max_open_chats``.  Counters
-equal a recount at every commit; a failure aborts the transaction and leaves
-nothing changed.
+The counters (per executive: open and awaiting chats; per customer type:
+open, unassigned, awaiting) are not stored: :meth:`MongoChatStore.executive_counters`
+and :meth:`MongoChatStore.type_counters` compute them with one ``aggregate``
+each over the open chats (the ``open_by_executive`` partial index for
+executives, the ``is_resolved`` prefix of ``list_status`` for types), so
+their cost follows the open chats, never the history of resolved ones.  They
+are exact at every moment, under any concurrency, and a process that dies
+mid-operation cannot leave them behind (there is no second document to
+update).  ``recount`` has nothing to rebuild.
 
-**Without transactions** (a standalone ``mongod``, mongomock), an operation is
-ordered writes that complete themselves:
-
-1. the chat write (compare-and-set) also stores a ``_pending`` marker: a
-   token, the time (clock port), the counter deltas, the capacity to
-   enforce, and the previous values of the changed fields;
-2. each counter gets ``$inc`` *and* the token recorded in one atomic update
-   that matches only if the token is not recorded yet (so re-applying is a
-   no-op).  The capacity-checked counter goes first, with ``open_chats <
-   capacity`` in its filter; if that fails the chat is put back from the
-   marker (nothing else was applied) and the result is ``AT_CAPACITY``;
-3. the marker is removed (compare-and-set on the token), then the tokens.
-
-While a chat carries a marker, every other write to that chat waits for it;
-a marker older than ``lease`` (default 30 s) is taken over (atomically, one
-taker) and completed by the next operation on that chat or by
-:meth:`MongoChatStore.repair` -- the lead's inactivity monitor calls it every
-minute -- which also drops tokens left behind.  So a process that dies
-mid-operation leaves its chat changed and the counters behind by that one
-change until the lease runs out; then they are completed exactly once.
-Counters equal a recount whenever no marker is pending.  The one assumption:
-a *live* process does not stall longer than ``lease`` between steps 1 and 3
-(otherwise its late counter updates could be applied twice; ``recount``
-repairs that).  A driver failure in step 2 or 3 is retried twice at once;
-if the backend stays down the operation raises :class:`BackendError` and
-the marker finishes the job later (the change counts as done).
-
-``recount`` rebuilds every counter from the chats (in a transaction when
-available, so it is exact even while others write).
+A chat written by an earlier version of this library may carry a
+``_pending`` field; it is ignored and dropped by the next write (and by
+``migrate``).
 
 Errors and input
 ================
@@ -145,7 +120,6 @@ Chats (every name prefixed ``smartchat_``; keys, then the partial filter):
   (no filter field), ``list_status`` (is_resolved), ``list_type``
   (customer_type), ``list_assignee`` (assigned_executive_id), ``list_tag``
   (tags, multikey), ``list_sender`` (last_interaction_by);
-* ``pending``: _pending.at, sparse (for ``repair``).
 
 "Set" is ``{$gte: 0001-01-01}``: partial filters use only equality and
 ``$gte``, which every MongoDB since 3.2 and SecantusDB can match a query
@@ -192,9 +166,8 @@ import random
 import re
 import threading
 import time
-import uuid
-import zlib
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import (
     Awaitable,
     Callable,
@@ -204,7 +177,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
 from typing import Any, ParamSpec, TypeVar
 
@@ -246,7 +219,6 @@ from ..abc import (
 from . import _rules as rules
 
 __all__ = [
-    "DEFAULT_COUNTERS_COLLECTION",
     "DEFAULT_DEDUP_COLLECTION",
     "DEFAULT_LOCKS_COLLECTION",
     "DEFAULT_ROTATION_COLLECTION",
@@ -267,7 +239,6 @@ Doc = dict[str, Any]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-DEFAULT_COUNTERS_COLLECTION = "v2_chat_counters"
 DEFAULT_ROTATION_COLLECTION = "v2_rotation"
 DEFAULT_DEDUP_COLLECTION = "v2_sla_alerts"
 DEFAULT_LOCKS_COLLECTION = "v2_locks"
@@ -422,34 +393,13 @@ class _Write:
     upserted: bool
 
 
-class _Session(ABC):
-    """A client session running one transaction."""
-
-    @abstractmethod
-    async def start_transaction(self) -> None: ...
-
-    @abstractmethod
-    async def commit(self) -> None: ...
-
-    @abstractmethod
-    async def abort(self) -> None: ...
-
-    @abstractmethod
-    async def end(self) -> None: ...
-
-    @property
-    @abstractmethod
-    def raw(self) -> Any:
-        """The driver's session, passed to each call as ``session=``."""
-
-
 class _Coll(ABC):
     """The async collection operations the adapters use."""
 
     name: str
 
     @abstractmethod
-    async def find_one(self, filter: Doc, *, session: _Session | None = None) -> Doc | None: ...
+    async def find_one(self, filter: Doc) -> Doc | None: ...
 
     @abstractmethod
     async def find(
@@ -460,7 +410,6 @@ class _Coll(ABC):
         skip: int = 0,
         limit: int = 0,
         projection: Doc | None = None,
-        session: _Session | None = None,
     ) -> list[Doc]: ...
 
     @abstractmethod
@@ -470,12 +419,10 @@ class _Coll(ABC):
     async def estimated_count(self) -> int: ...
 
     @abstractmethod
-    async def insert_one(self, doc: Doc, *, session: _Session | None = None) -> None: ...
+    async def insert_one(self, doc: Doc) -> None: ...
 
     @abstractmethod
-    async def update_one(
-        self, filter: Doc, update: Doc, *, upsert: bool = False, session: _Session | None = None
-    ) -> _Write: ...
+    async def update_one(self, filter: Doc, update: Doc, *, upsert: bool = False) -> _Write: ...
 
     @abstractmethod
     async def find_one_and_update(
@@ -486,9 +433,7 @@ class _Coll(ABC):
     async def delete_one(self, filter: Doc) -> int: ...
 
     @abstractmethod
-    async def aggregate(
-        self, pipeline: list[Doc], *, session: _Session | None = None
-    ) -> list[Doc]: ...
+    async def aggregate(self, pipeline: list[Doc]) -> list[Doc]: ...
 
     @abstractmethod
     async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None: ...
@@ -499,12 +444,6 @@ class _Db(ABC):
     def collection(self, name: str) -> _Coll: ...
 
     @abstractmethod
-    async def supports_transactions(self) -> bool: ...
-
-    @abstractmethod
-    async def start_session(self) -> _Session: ...
-
-    @abstractmethod
     async def close(self) -> None: ...
 
 
@@ -512,38 +451,8 @@ def _sort_arg(sort: Sequence[tuple[str, int]] | None) -> list[tuple[str, int]] |
     return list(sort) if sort else None
 
 
-def _raw(session: _Session | None) -> Any:
-    return None if session is None else session.raw
-
-
 def _write_result(result: Any) -> _Write:
     return _Write(result.matched_count, result.modified_count, result.upserted_id is not None)
-
-
-def _hello_has_transactions(reply: Mapping[str, Any]) -> bool:
-    return bool(reply.get("setName")) or reply.get("msg") == "isdbgrid"
-
-
-class _ThreadedSession(_Session):
-    def __init__(self, db: _ThreadedDb, session: Any) -> None:
-        self._db = db
-        self._session = session
-
-    @property
-    def raw(self) -> Any:
-        return self._session
-
-    async def start_transaction(self) -> None:
-        await self._db.call(self._session.start_transaction)
-
-    async def commit(self) -> None:
-        await self._db.call(self._session.commit_transaction)
-
-    async def abort(self) -> None:
-        await self._db.call(self._session.abort_transaction)
-
-    async def end(self) -> None:
-        await self._db.call(self._session.end_session)
 
 
 class _ThreadedColl(_Coll):
@@ -552,9 +461,8 @@ class _ThreadedColl(_Coll):
         self._c = collection
         self.name = str(collection.name)
 
-    async def find_one(self, filter: Doc, *, session: _Session | None = None) -> Doc | None:
-        kwargs = {"session": _raw(session)} if session is not None else {}
-        result = await self._db.call(functools.partial(self._c.find_one, filter, **kwargs))
+    async def find_one(self, filter: Doc) -> Doc | None:
+        result = await self._db.call(functools.partial(self._c.find_one, filter))
         return None if result is None else dict(result)
 
     async def find(
@@ -565,15 +473,12 @@ class _ThreadedColl(_Coll):
         skip: int = 0,
         limit: int = 0,
         projection: Doc | None = None,
-        session: _Session | None = None,
     ) -> list[Doc]:
         kwargs: Doc = {"skip": skip, "limit": limit}
         if sort:
             kwargs["sort"] = _sort_arg(sort)
         if projection is not None:
             kwargs["projection"] = projection
-        if session is not None:
-            kwargs["session"] = session.raw
 
         def run() -> list[Doc]:
             return [dict(doc) for doc in self._c.find(filter, **kwargs)]
@@ -586,18 +491,12 @@ class _ThreadedColl(_Coll):
     async def estimated_count(self) -> int:
         return int(await self._db.call(self._c.estimated_document_count))
 
-    async def insert_one(self, doc: Doc, *, session: _Session | None = None) -> None:
-        kwargs = {"session": _raw(session)} if session is not None else {}
-        await self._db.call(functools.partial(self._c.insert_one, doc, **kwargs))
+    async def insert_one(self, doc: Doc) -> None:
+        await self._db.call(functools.partial(self._c.insert_one, doc))
 
-    async def update_one(
-        self, filter: Doc, update: Doc, *, upsert: bool = False, session: _Session | None = None
-    ) -> _Write:
-        kwargs: Doc = {"upsert": upsert}
-        if session is not None:
-            kwargs["session"] = session.raw
+    async def update_one(self, filter: Doc, update: Doc, *, upsert: bool = False) -> _Write:
         result = await self._db.call(
-            functools.partial(self._c.update_one, filter, update, **kwargs)
+            functools.partial(self._c.update_one, filter, update, upsert=upsert)
         )
         return _write_result(result)
 
@@ -621,11 +520,9 @@ class _ThreadedColl(_Coll):
         result = await self._db.call(functools.partial(self._c.delete_one, filter))
         return int(result.deleted_count)
 
-    async def aggregate(self, pipeline: list[Doc], *, session: _Session | None = None) -> list[Doc]:
-        kwargs = {"session": _raw(session)} if session is not None else {}
-
+    async def aggregate(self, pipeline: list[Doc]) -> list[Doc]:
         def run() -> list[Doc]:
-            return [dict(doc) for doc in self._c.aggregate(pipeline, **kwargs)]
+            return [dict(doc) for doc in self._c.aggregate(pipeline)]
 
         return await self._db.call(run)
 
@@ -640,7 +537,6 @@ class _ThreadedDb(_Db):
         self._database = database
         self._mutex = threading.Lock() if serialize else None
         self._mongomock = type(database).__module__.startswith("mongomock")
-        self._transactions: bool | None = None
 
     async def call(self, function: Callable[[], T]) -> T:
         mutex = self._mutex
@@ -656,44 +552,8 @@ class _ThreadedDb(_Db):
     def collection(self, name: str) -> _Coll:
         return _ThreadedColl(self, self._database[name])
 
-    async def supports_transactions(self) -> bool:
-        if self._transactions is None:
-            if self._mongomock:
-                self._transactions = False
-            else:
-                reply = await self.call(
-                    functools.partial(self._database.client.admin.command, "hello")
-                )
-                self._transactions = _hello_has_transactions(reply)
-        return self._transactions
-
-    async def start_session(self) -> _Session:
-        session = await self.call(self._database.client.start_session)
-        return _ThreadedSession(self, session)
-
     async def close(self) -> None:
         await self.call(self._database.client.close)
-
-
-class _AsyncSession(_Session):
-    def __init__(self, session: Any) -> None:
-        self._session = session
-
-    @property
-    def raw(self) -> Any:
-        return self._session
-
-    async def start_transaction(self) -> None:
-        await self._session.start_transaction()
-
-    async def commit(self) -> None:
-        await self._session.commit_transaction()
-
-    async def abort(self) -> None:
-        await self._session.abort_transaction()
-
-    async def end(self) -> None:
-        await self._session.end_session()
 
 
 class _AsyncColl(_Coll):
@@ -701,8 +561,8 @@ class _AsyncColl(_Coll):
         self._c = collection
         self.name = str(collection.name)
 
-    async def find_one(self, filter: Doc, *, session: _Session | None = None) -> Doc | None:
-        result = await self._c.find_one(filter, session=_raw(session))
+    async def find_one(self, filter: Doc) -> Doc | None:
+        result = await self._c.find_one(filter)
         return None if result is None else dict(result)
 
     async def find(
@@ -713,7 +573,6 @@ class _AsyncColl(_Coll):
         skip: int = 0,
         limit: int = 0,
         projection: Doc | None = None,
-        session: _Session | None = None,
     ) -> list[Doc]:
         cursor = self._c.find(
             filter,
@@ -721,7 +580,6 @@ class _AsyncColl(_Coll):
             sort=_sort_arg(sort),
             skip=skip,
             limit=limit,
-            session=_raw(session),
         )
         return [dict(doc) for doc in await cursor.to_list(None)]
 
@@ -731,15 +589,11 @@ class _AsyncColl(_Coll):
     async def estimated_count(self) -> int:
         return int(await self._c.estimated_document_count())
 
-    async def insert_one(self, doc: Doc, *, session: _Session | None = None) -> None:
-        await self._c.insert_one(doc, session=_raw(session))
+    async def insert_one(self, doc: Doc) -> None:
+        await self._c.insert_one(doc)
 
-    async def update_one(
-        self, filter: Doc, update: Doc, *, upsert: bool = False, session: _Session | None = None
-    ) -> _Write:
-        return _write_result(
-            await self._c.update_one(filter, update, upsert=upsert, session=_raw(session))
-        )
+    async def update_one(self, filter: Doc, update: Doc, *, upsert: bool = False) -> _Write:
+        return _write_result(await self._c.update_one(filter, update, upsert=upsert))
 
     async def find_one_and_update(
         self, filter: Doc, update: Doc, *, upsert: bool = False, after: bool = True
@@ -757,8 +611,8 @@ class _AsyncColl(_Coll):
     async def delete_one(self, filter: Doc) -> int:
         return int((await self._c.delete_one(filter)).deleted_count)
 
-    async def aggregate(self, pipeline: list[Doc], *, session: _Session | None = None) -> list[Doc]:
-        cursor = await self._c.aggregate(pipeline, session=_raw(session))
+    async def aggregate(self, pipeline: list[Doc]) -> list[Doc]:
+        cursor = await self._c.aggregate(pipeline)
         return [dict(doc) for doc in await cursor.to_list(None)]
 
     async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None:
@@ -770,19 +624,9 @@ class _AsyncDb(_Db):
 
     def __init__(self, database: Any) -> None:
         self._database = database
-        self._transactions: bool | None = None
 
     def collection(self, name: str) -> _Coll:
         return _AsyncColl(self._database[name])
-
-    async def supports_transactions(self) -> bool:
-        if self._transactions is None:
-            reply = await self._database.client.admin.command("hello")
-            self._transactions = _hello_has_transactions(reply)
-        return self._transactions
-
-    async def start_session(self) -> _Session:
-        return _AsyncSession(self._database.client.start_session())
 
     async def close(self) -> None:
         await self._database.client.close()
@@ -806,8 +650,6 @@ class MongoConnection:
         client_or_url: a ``mongodb://`` URL, a ``pymongo.MongoClient``, a
             ``mongomock.MongoClient`` or a ``pymongo.AsyncMongoClient``.
         database: the database name.
-        transactions: use multi-document transactions; ``None`` (default)
-            detects them (replica set or sharded cluster).
         async_client: for a URL, create an ``AsyncMongoClient`` (asyncio
             only) instead of a ``MongoClient`` run in worker threads.
         client_options: extra keyword arguments for a client created from a
@@ -822,13 +664,11 @@ class MongoConnection:
         client_or_url: Any,
         *,
         database: str,
-        transactions: bool | None = None,
         async_client: bool = False,
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._source = client_or_url
         self.database = _plain("database", database)
-        self._forced_transactions = transactions
         self._async_client = async_client
         self._client_options = dict(client_options or {})
         self._db: _Db | None = None
@@ -863,18 +703,11 @@ class MongoConnection:
                 self._db = self._build()
             return self._db
 
-    async def transactions(self) -> bool:
-        """Whether writes that span documents run in transactions."""
-        if self._forced_transactions is not None:
-            return self._forced_transactions
-        return await self.db().supports_transactions()
-
     async def start(self, exit_stack: AsyncExitStack) -> None:
         self.db()
         if self._owned and not self._close_registered:
             self._close_registered = True
             exit_stack.push_async_callback(self.aclose)
-        await self.transactions()
 
     async def aclose(self) -> None:
         """Close a client this connection created."""
@@ -1005,94 +838,33 @@ def _chat_from_doc(doc: Mapping[str, Any]) -> Chat:
     )
 
 
-def _type_counter(customer_type: str, shard: int) -> str:
-    return f"type:{shard}:{customer_type}"
-
-
-def _shard_of(chat_id: str, shards: int) -> int:
-    return zlib.crc32(chat_id.encode()) % shards if shards > 1 else 0
-
-
-def _contributions(chat: Chat | None, awaiting_tag: str, shards: int) -> dict[str, dict[str, int]]:
-    """What the chat adds to each counter document."""
-    if chat is None or chat.is_resolved:
-        return {}
-    awaiting = int(awaiting_tag in chat.tags)
-    assignee = chat.assigned_executive_id
-    result = {
-        _type_counter(chat.customer_type, _shard_of(chat.id, shards)): {
-            "open": 1,
-            "unassigned": int(assignee is None),
-            "awaiting": awaiting,
-        }
-    }
-    if assignee is not None:
-        result[f"executive:{assignee}"] = {"open_chats": 1, "awaiting_chats": awaiting}
-    return result
-
-
-def _deltas(
-    old: Chat | None, new: Chat, awaiting_tag: str, shards: int
-) -> dict[str, dict[str, int]]:
-    before = _contributions(old, awaiting_tag, shards)
-    after = _contributions(new, awaiting_tag, shards)
-    result: dict[str, dict[str, int]] = {}
-    for counter in sorted(set(before) | set(after)):
-        fields = set(before.get(counter, {})) | set(after.get(counter, {}))
-        change = {
-            f: after.get(counter, {}).get(f, 0) - before.get(counter, {}).get(f, 0)
-            for f in sorted(fields)
-        }
-        change = {f: n for f, n in change.items() if n}
-        if change:
-            result[counter] = change
-    return result
-
-
-def _counter_identity(counter_id: str) -> Doc:
-    kind, _, key = counter_id.partition(":")
-    if kind != "type":
-        return {"kind": kind, "key": key}
-    shard, _, key = key.partition(":")
-    return {"kind": kind, "key": key, "shard": int(shard)}
-
-
-_TYPE_ZEROS = {"open": 0, "unassigned": 0, "awaiting": 0}
-_EXECUTIVE_ZEROS = {"open_chats": 0, "awaiting_chats": 0}
-
-
-def _zeros(counter_id: str) -> Doc:
-    return dict(_TYPE_ZEROS if counter_id.startswith("type:") else _EXECUTIVE_ZEROS)
-
-
 @attrs.frozen
 class _Raw:
     """A chat as read: the document and the model."""
 
     doc: Doc | None
     chat: Chat | None
+    recalled: bool = False
+    """Taken from the store's memory, not read just now."""
 
 
-_AT_CAPACITY = object()
-_ABORT = object()
+class _Stale(Exception):
+    """A decision was taken on a remembered document: read and decide again."""
 
 
 class MongoChatStore(_MongoPort, ChatStore):
-    """Chats and their counters in MongoDB.  See the module docstring for the
-    write protocol and its guarantees.
+    """Chats in MongoDB; the counters are computed from them.  See the module
+    docstring for the write protocol and its guarantees.
 
     Args:
         connection: the shared :class:`MongoConnection`.
         awaiting_tag: :attr:`Settings.awaiting_tag`.
         chats_collection: :attr:`Settings.chats_collection`.
-        counters_collection: where the counters live.
-        clock: times the markers of the transaction-less protocol.
-        lease: how old a ``_pending`` marker must be before another process
-            completes it.
-        type_counter_shards: how many documents each customer type's
-            counters are spread over (a chat always moves the same one; reads
-            add them up), so that concurrent transactions do not all
-            conflict on one hot document.
+        cache_size: how many chat documents this store remembers (as last
+            read or written by this process) to compare-and-set against
+            without reading them again; 0 turns it off.  A remembered
+            document that is out of date only costs a failed write and a
+            fresh read.
         ensure_indexes: create the indexes in ``start``.
     """
 
@@ -1102,33 +874,20 @@ class MongoChatStore(_MongoPort, ChatStore):
         *,
         awaiting_tag: str = "awaiting",
         chats_collection: str = "v2_chats",
-        counters_collection: str = DEFAULT_COUNTERS_COLLECTION,
-        clock: Clock | None = None,
-        lease: timedelta = timedelta(seconds=30),
-        type_counter_shards: int = 8,
+        cache_size: int = 10_000,
         ensure_indexes: bool = True,
     ) -> None:
         super().__init__(connection, ensure_indexes=ensure_indexes)
-        if type_counter_shards < 1:
-            raise ValueError("type_counter_shards must be at least 1")
-        self.type_counter_shards = type_counter_shards
+        if cache_size < 0:
+            raise ValueError("cache_size must not be negative")
         self.awaiting_tag = awaiting_tag
         self.chats_collection = chats_collection
-        self.counters_collection = counters_collection
-        if clock is None:
-            from .memory import SystemClock
-
-            clock = SystemClock()
-        self.clock = clock
-        self.lease = lease
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Doc] = OrderedDict()
 
     @property
     def _chats(self) -> _Coll:
         return self._coll(self.chats_collection)
-
-    @property
-    def _counters(self) -> _Coll:
-        return self._coll(self.counters_collection)
 
     # ----------------------------------------------------------------- indexes
     @_translated
@@ -1170,7 +929,6 @@ class MongoChatStore(_MongoPort, ChatStore):
                 ("list_assignee", [("assigned_executive_id", 1), *no_sort], {}),
                 ("list_tag", [("tags", 1), *no_sort], {}),
                 ("list_sender", [("last_interaction_by", 1), *no_sort], {}),
-                ("pending", [("_pending.at", 1)], {"sparse": True}),
             ],
         )
 
@@ -1234,12 +992,12 @@ class MongoChatStore(_MongoPort, ChatStore):
     ) -> list[Chat]:
         filter, sort = query
         docs = await self._chats.find(filter, sort=sort, limit=limit, skip=skip)
-        return [_chat_from_doc(doc) for doc in docs]
+        return [self._remember(doc).chat for doc in docs]  # type: ignore[misc]
 
     @_translated
     async def get(self, chat_id: str) -> Chat | None:
         doc = await self._chats.find_one({"_id": _id_filter(_plain("chat_id", chat_id))})
-        return None if doc is None else _chat_from_doc(doc)
+        return self._remember(doc).chat
 
     @_translated
     async def sla_due(self, cutoff: datetime, *, limit: int) -> Sequence[Chat]:
@@ -1271,327 +1029,140 @@ class MongoChatStore(_MongoPort, ChatStore):
         total = await self._chats.count(filter) if filter else await self._chats.estimated_count()
         return ChatPage(items=tuple(items), total=total, limit=query.limit, offset=query.offset)
 
+    def _awaiting(self) -> Doc:
+        return {"$cond": [{"$in": [self.awaiting_tag, {"$ifNull": ["$tags", []]}]}, 1, 0]}
+
     @_translated
     async def executive_counters(
         self, executive_ids: Iterable[str]
     ) -> dict[str, ExecutiveCounters]:
-        ids = [_plain("executive_id", e) for e in executive_ids]
+        ids = list(dict.fromkeys(_plain("executive_id", e) for e in executive_ids))
         result = {e: ExecutiveCounters() for e in ids}
         if not ids:
             return result
-        docs = await self._counters.find({"_id": {"$in": [f"executive:{e}" for e in ids]}})
-        for doc in docs:
-            key = str(doc["_id"]).partition(":")[2]
-            result[key] = ExecutiveCounters(
-                int(doc.get("open_chats", 0)), int(doc.get("awaiting_chats", 0))
-            )
+        # One command over the open-chats-by-executive index: it costs the
+        # open chats of these executives, never the history.
+        groups = await self._chats.aggregate(
+            [
+                {
+                    "$match": {
+                        "assigned_executive_id": ids[0] if len(ids) == 1 else {"$in": ids},
+                        "is_resolved": False,
+                    }
+                },
+                {
+                    "$group": {
+                        "_id": "$assigned_executive_id",
+                        "n": {"$sum": 1},
+                        "aw": {"$sum": self._awaiting()},
+                    }
+                },
+            ]
+        )
+        for group in groups:
+            key = group["_id"]
+            if key in result:
+                result[key] = ExecutiveCounters(int(group["n"]), int(group["aw"]))
         return result
 
     @_translated
     async def type_counters(self) -> dict[str, TypeCounters]:
-        totals: dict[str, list[int]] = {}
-        for doc in await self._counters.find({"kind": "type"}, sort=[("_id", 1)]):
-            key = doc.get("key")
-            if not isinstance(key, str):
-                continue
-            sums = totals.setdefault(key, [0, 0, 0])
-            for index, field in enumerate(("open", "unassigned", "awaiting")):
-                sums[index] += int(doc.get(field, 0))
-        return {key: TypeCounters(*sums) for key, sums in totals.items()}
+        # One command over the open chats (the is_resolved index): never the
+        # history of resolved chats.
+        groups = await self._chats.aggregate(
+            [
+                {"$match": {"is_resolved": False}},
+                {
+                    "$group": {
+                        "_id": "$customer_type",
+                        "n": {"$sum": 1},
+                        "un": {
+                            "$sum": {
+                                "$cond": [
+                                    {"$eq": [{"$ifNull": ["$assigned_executive_id", None]}, None]},
+                                    1,
+                                    0,
+                                ]
+                            }
+                        },
+                        "aw": {"$sum": self._awaiting()},
+                    }
+                },
+            ]
+        )
+        return {
+            str(group["_id"]): TypeCounters(int(group["n"]), int(group["un"]), int(group["aw"]))
+            for group in sorted(groups, key=lambda g: str(g["_id"]))
+            if isinstance(group.get("_id"), str)
+        }
 
     # ------------------------------------------------------------ write engine
-    async def _read(self, filter: Doc) -> _Raw:
-        """Read a chat for writing: wait for (or complete) a pending change."""
-        waited = 0.0
-        delay = 0.001
-        while True:
-            doc = await self._chats.find_one(filter)
-            if doc is None:
-                return _Raw(None, None)
-            marker = doc.get("_pending")
-            if not marker:
-                return _Raw(doc, _chat_from_doc(doc))
-            if await self._take_over(doc, marker):
-                continue
-            if waited >= _SETTLE_SECONDS:
-                raise BackendError(
-                    f"chat {doc['_id']!r} has an unfinished change started at "
-                    f"{marker.get('at')}; it is completed after the lease "
-                    f"({self.lease}) by the next write or repair()"
-                )
-            await anyio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 0.05)
+    def _remember(self, doc: Doc | None) -> _Raw:
+        """The model of ``doc``, remembered as this process last saw it."""
+        if doc is None:
+            return _Raw(None, None)
+        chat = _chat_from_doc(doc)
+        if self.cache_size:
+            self._cache[chat.id] = doc
+            self._cache.move_to_end(chat.id)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return _Raw(doc, chat)
 
-    async def _take_over(self, doc: Doc, marker: Doc) -> bool:
-        """Complete a marker whose lease ran out (one taker wins).  Returns
-        whether the chat should be read again."""
-        at = _aware(marker.get("at"))
-        now = _ms(self.clock.now())
-        if at is not None and at + self.lease > now:
-            return False
-        claimed = await self._chats.update_one(
-            {"_id": doc["_id"], "_pending.token": marker["token"], "_pending.at": marker.get("at")},
-            {"$set": {"_pending.at": now}},
-        )
-        if claimed.matched:
-            logger.warning(
-                "completing the unfinished change %s of chat %r", marker["token"], doc["_id"]
-            )
-            await self._complete(doc["_id"], {**marker, "at": now})
-        return True
+    async def _read(self, chat_id: str, *, fresh: bool) -> _Raw:
+        """A chat to write against: as remembered, unless ``fresh``."""
+        if not fresh:
+            doc = self._cache.get(chat_id)
+            if doc is not None:
+                return _Raw(doc, _chat_from_doc(doc), recalled=True)
+        return self._remember(await self._chats.find_one({"_id": _id_filter(chat_id)}))
 
-    async def _run(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run ``attempt`` until it does not hit a concurrent change."""
+    async def _run(self, attempt: Callable[[bool], Awaitable[T]]) -> T:
+        """Run ``attempt`` until it does not hit a concurrent change; the
+        first try may write against the remembered document, later ones read
+        the chat again."""
+        fresh = False
         for number in _Retries("a chat write"):
             try:
-                return await attempt()
+                return await attempt(fresh)
+            except _Stale:
+                pass
             except _Conflict:
-                await _backoff(number)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _write(
-        self, raw: _Raw, new: Chat, *, capacity: tuple[str, int] | None = None
-    ) -> bool:
-        """Store ``new`` in place of ``raw`` with its counters.
-
-        Returns False (and changes nothing) when the executive of
-        ``capacity`` is at capacity.  Raises :class:`_Conflict` when the chat
-        changed since ``raw`` was read.
-        """
-        deltas = _deltas(raw.chat, new, self.awaiting_tag, self.type_counter_shards)
-        fields = _chat_doc(new, self.awaiting_tag)
-        if raw.doc is None:
-            changed = fields
-        else:
-            changed = {k: v for k, v in fields.items() if k not in raw.doc or raw.doc[k] != v}
-            if not changed:
-                return True
-        if capacity is not None and capacity[0] not in deltas:
-            capacity = None
-        if not deltas:
-            assert raw.doc is not None
-            await self._cas(raw.doc, changed)
-            return True
-        if await self.connection.transactions():
-            return await self._write_in_transaction(raw, new, changed, deltas, capacity)
-        return await self._write_ordered(raw, new, changed, deltas, capacity)
-
-    async def _cas(
-        self, doc: Doc, changed: Doc, *, session: Any = None, extra: Doc | None = None
-    ) -> None:
-        update: Doc = {"$set": {**changed, **(extra or {})}, "$inc": {"_v": 1}}
-        result = await self._chats.update_one(
-            {"_id": doc["_id"], "_v": doc.get("_v")}, update, session=session
-        )
-        if not result.matched:
-            raise _Conflict
-
-    async def _insert(
-        self, new: Chat, fields: Doc, *, session: Any = None, extra: Doc | None = None
-    ) -> None:
-        try:
-            await self._chats.insert_one(
-                {"_id": new.id, **fields, **(extra or {}), "_v": 1}, session=session
-            )
-        except _errors().DuplicateKeyError as exc:
-            raise _Conflict from exc
-
-    # -- with transactions
-    async def _transaction(self, body: Callable[[_Session], Awaitable[object]]) -> object:
-        errors = _errors()
-        db = self.connection.db()
-        for number in _Retries("a transaction"):
-            session = await db.start_session()
-            try:
-                await session.start_transaction()
-                try:
-                    result = await body(session)
-                except BaseException:
-                    with anyio.CancelScope(shield=True):
-                        with suppress(errors.PyMongoError):
-                            await session.abort()
-                    raise
-                if result is _ABORT or result is _AT_CAPACITY:
-                    await session.abort()
-                    return result
-                await self._commit(session)
-                return result
-            except errors.PyMongoError as exc:
-                if exc.has_error_label("TransientTransactionError"):
+                if fresh:
                     await _backoff(number)
-                    continue
-                raise
-            finally:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await session.end()
-                    except errors.PyMongoError:
-                        logger.debug("ending a MongoDB session failed", exc_info=True)
+            fresh = True
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @staticmethod
-    async def _commit(session: _Session) -> None:
-        errors = _errors()
-        for _ in range(5):
-            try:
-                await session.commit()
-                return
-            except errors.PyMongoError as exc:
-                if exc.has_error_label("UnknownTransactionCommitResult"):
-                    continue
-                raise
-        await session.commit()
-
-    async def _write_in_transaction(
-        self,
-        raw: _Raw,
-        new: Chat,
-        changed: Doc,
-        deltas: dict[str, dict[str, int]],
-        capacity: tuple[str, int] | None,
-    ) -> bool:
-        async def body(session: _Session) -> object:
-            if capacity is not None:
-                counter, limit = capacity
-                doc = await self._counters.find_one({"_id": counter}, session=session)
-                held = 0 if doc is None else int(doc.get("open_chats", 0))
-                if held >= limit:
-                    return _AT_CAPACITY
+    async def _write(self, raw: _Raw, new: Chat) -> None:
+        """Store ``new`` in place of ``raw``: one insert, or one
+        ``update_one`` of the changed fields compare-and-set on the version.
+        Raises :class:`_Conflict` when the chat changed since ``raw``."""
+        fields = _chat_doc(new, self.awaiting_tag)
+        try:
             if raw.doc is None:
-                await self._insert(new, changed, session=session)
-            else:
-                await self._cas(raw.doc, changed, session=session)
-            for counter, change in deltas.items():
+                doc: Doc = {"_id": new.id, **fields, "_v": 1}
                 try:
-                    await self._counters.update_one(
-                        {"_id": counter},
-                        {"$inc": change, "$setOnInsert": _counter_identity(counter)},
-                        upsert=True,
-                        session=session,
-                    )
+                    await self._chats.insert_one(doc)
                 except _errors().DuplicateKeyError as exc:
                     raise _Conflict from exc
-            return None
-
-        return await self._transaction(body) is not _AT_CAPACITY
-
-    # -- without transactions
-    async def _write_ordered(
-        self,
-        raw: _Raw,
-        new: Chat,
-        changed: Doc,
-        deltas: dict[str, dict[str, int]],
-        capacity: tuple[str, int] | None,
-    ) -> bool:
-        if capacity is not None:
-            counter, limit = capacity
-            doc = await self._counters.find_one({"_id": counter})
-            held = int(doc.get("open_chats", 0)) if doc is not None else 0
-            if held >= limit:
-                return False
-            if doc is None:
-                await self._ensure_counter(counter)
-        marker: Doc = {
-            "token": uuid.uuid4().hex,
-            "at": _ms(self.clock.now()),
-            "deltas": [{"id": c, "inc": d} for c, d in deltas.items()],
-            "capacity": None if capacity is None else {"id": capacity[0], "limit": capacity[1]},
-            "undo": None if raw.doc is None else {k: raw.doc.get(k) for k in changed},
-            "unset": [] if raw.doc is None else [k for k in changed if k not in raw.doc],
-        }
-        if raw.doc is None:
-            await self._insert(new, changed, extra={"_pending": marker})
-            raw_id: Any = new.id
-        else:
-            await self._cas(raw.doc, changed, extra={"_pending": marker})
-            raw_id = raw.doc["_id"]
-        errors = _errors()
-        for attempt in range(3):
-            try:
-                return await self._complete(raw_id, marker)
-            except errors.PyMongoError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _ensure_counter(self, counter: str) -> None:
-        await self._counters.update_one(
-            {"_id": counter},
-            {"$setOnInsert": {**_counter_identity(counter), **_zeros(counter), "ops": {}}},
-            upsert=True,
-        )
-
-    async def _complete(self, raw_id: Any, marker: Doc) -> bool:
-        """Apply a marker's counter deltas exactly once, then clear it.
-        Returns False if it rolled the chat back (capacity)."""
-        token = str(marker["token"])
-        op = f"ops.{token}"
-        stamp = {"c": raw_id, "at": marker.get("at")}
-        capacity: Doc = marker.get("capacity") or {}
-        limited_id = capacity.get("id")
-        entries = list(marker.get("deltas") or ())
-        entries.sort(key=lambda e: e["id"] != limited_id)
-        for entry in entries:
-            counter, change = str(entry["id"]), dict(entry["inc"])
-            limited = counter == limited_id
-            while True:
-                filter: Doc = {"_id": counter, op: {"$exists": False}}
-                if limited:
-                    filter["open_chats"] = {"$lt": int(capacity["limit"])}
-                try:
-                    result = await self._counters.update_one(
-                        filter,
-                        {
-                            "$inc": change,
-                            "$set": {op: stamp},
-                            "$setOnInsert": _counter_identity(counter),
-                        },
-                        upsert=not limited,
-                    )
-                except _errors().DuplicateKeyError:
-                    result = _Write(0, 0, False)
-                if result.matched or result.upserted:
-                    break
-                doc = await self._counters.find_one({"_id": counter})
-                if doc is not None and token in (doc.get("ops") or {}):
-                    break  # applied already
-                if doc is None:
-                    await self._ensure_counter(counter)
-                    continue
-                if limited:
-                    if "open_chats" not in doc:
-                        await self._counters.update_one(
-                            {"_id": counter, "open_chats": {"$exists": False}},
-                            {"$set": {"open_chats": 0}},
-                        )
-                        continue
-                    await self._roll_back(raw_id, marker)
-                    return False
-        await self._chats.update_one(
-            {"_id": raw_id, "_pending.token": token},
-            {"$unset": {"_pending": ""}, "$inc": {"_v": 1}},
-        )
-        for entry in entries:
-            await self._counters.update_one({"_id": entry["id"]}, {"$unset": {op: ""}})
-        return True
-
-    async def _roll_back(self, raw_id: Any, marker: Doc) -> None:
-        token = str(marker["token"])
-        undo = marker.get("undo")
-        if undo is None:  # a new chat: it cannot be at capacity
-            await self._chats.update_one(
-                {"_id": raw_id, "_pending.token": token}, {"$unset": {"_pending": ""}}
-            )
-            return
-        unset = dict.fromkeys(marker.get("unset") or (), "")
-        unset["_pending"] = ""
-        restore = {k: v for k, v in undo.items() if k not in unset}
-        update: Doc = {"$unset": unset, "$inc": {"_v": 1}}
-        if restore:
-            update["$set"] = restore
-        await self._chats.update_one({"_id": raw_id, "_pending.token": token}, update)
+            else:
+                changed = {k: v for k, v in fields.items() if k not in raw.doc or raw.doc[k] != v}
+                if not changed:
+                    return
+                update: Doc = {"$set": changed, "$inc": {"_v": 1}}
+                if "_pending" in raw.doc:  # left by a version that had markers
+                    update["$unset"] = {"_pending": ""}
+                result = await self._chats.update_one(
+                    {"_id": raw.doc["_id"], "_v": raw.doc.get("_v")}, update
+                )
+                if not result.matched:
+                    raise _Stale if raw.recalled else _Conflict
+                doc = {**raw.doc, **changed, "_v": int(raw.doc.get("_v") or 0) + 1}
+                doc.pop("_pending", None)
+        except BaseException:
+            self._cache.pop(new.id, None)
+            raise
+        self._remember(doc)
 
     # ------------------------------------------------------------------ writes
     @_translated
@@ -1612,8 +1183,8 @@ class MongoChatStore(_MongoPort, ChatStore):
         preview = _plain("preview", preview)
         now = _ms(now)
 
-        async def attempt() -> IncomingResult:
-            raw = await self._read({"customer_id": customer_id})
+        async def attempt(fresh: bool) -> IncomingResult:
+            raw = self._remember(await self._chats.find_one({"customer_id": customer_id}))
             old = raw.chat
             new, reopened, removed = rules.incoming(
                 old,
@@ -1638,6 +1209,23 @@ class MongoChatStore(_MongoPort, ChatStore):
 
         return await self._run(attempt)
 
+    async def _change(
+        self, chat_id: str, transition: Callable[[Chat | None], Chat | None]
+    ) -> ChatChange:
+        """Read (or recall), apply ``transition``, compare-and-set."""
+
+        async def attempt(fresh: bool) -> ChatChange:
+            raw = await self._read(chat_id, fresh=fresh)
+            new = transition(raw.chat)
+            if new is None:
+                if raw.recalled:
+                    raise _Stale
+                return ChatChange(raw.chat, False)
+            await self._write(raw, new)
+            return ChatChange(new, True)
+
+        return await self._run(attempt)
+
     @_translated
     async def record_outgoing(
         self, chat_id: str, *, executive_id: str, preview: str, now: datetime
@@ -1646,17 +1234,10 @@ class MongoChatStore(_MongoPort, ChatStore):
         executive_id = _plain("executive_id", executive_id)
         preview = _plain("preview", preview)
         now = _ms(now)
-
-        async def attempt() -> ChatChange:
-            raw = await self._read({"_id": _id_filter(chat_id)})
-            old = raw.chat
-            new = rules.outgoing(old, executive_id=executive_id, preview=preview, now=now)
-            if new is None:
-                return ChatChange(old, False)
-            await self._write(raw, new)
-            return ChatChange(new, True)
-
-        return await self._run(attempt)
+        return await self._change(
+            chat_id,
+            lambda old: rules.outgoing(old, executive_id=executive_id, preview=preview, now=now),
+        )
 
     @_translated
     async def assign(
@@ -1665,7 +1246,6 @@ class MongoChatStore(_MongoPort, ChatStore):
         executive_id: str,
         *,
         expected_from: str | None,
-        capacity: int | None,
         now: datetime,
     ) -> AssignResult:
         chat_id = _plain("chat_id", chat_id)
@@ -1674,52 +1254,39 @@ class MongoChatStore(_MongoPort, ChatStore):
             expected_from = _plain("expected_from", expected_from)
         now = _ms(now)
 
-        async def attempt() -> AssignResult:
-            raw = await self._read({"_id": _id_filter(chat_id)})
+        async def attempt(fresh: bool) -> AssignResult:
+            raw = await self._read(chat_id, fresh=fresh)
             old = raw.chat
             new = rules.assigned(old, executive_id, expected_from=expected_from, now=now)
             if new is None:
+                if raw.recalled:
+                    raise _Stale
                 return AssignResult(AssignOutcome.CHAT_CHANGED, old)
-            limit = None
-            if capacity is not None and executive_id != expected_from:
-                limit = (f"executive:{executive_id}", capacity)
-            if not await self._write(raw, new, capacity=limit):
-                return AssignResult(AssignOutcome.AT_CAPACITY, old)
-            return AssignResult(AssignOutcome.ASSIGNED, new)
+            await self._write(raw, new)
+            return AssignResult(AssignOutcome.ASSIGNED, new, old)
 
         return await self._run(attempt)
+
+    @_translated
+    async def undo_assign(self, assigned: Chat, previous: Chat) -> ChatChange:
+        chat_id = _plain("chat_id", assigned.id)
+        return await self._change(
+            chat_id, lambda old: rules.unassigned_back(old, assigned, previous)
+        )
 
     @_translated
     async def unassign(self, chat_id: str, *, expected_from: str, now: datetime) -> ChatChange:
         chat_id = _plain("chat_id", chat_id)
         expected_from = _plain("expected_from", expected_from)
         now = _ms(now)
-
-        async def attempt() -> ChatChange:
-            raw = await self._read({"_id": _id_filter(chat_id)})
-            old = raw.chat
-            new = rules.unassigned(old, expected_from=expected_from, now=now)
-            if new is None:
-                return ChatChange(old, False)
-            await self._write(raw, new)
-            return ChatChange(new, True)
-
-        return await self._run(attempt)
+        return await self._change(
+            chat_id, lambda old: rules.unassigned(old, expected_from=expected_from, now=now)
+        )
 
     async def _retag(self, chat_id: str, tag: str, *, add: bool) -> ChatChange:
         chat_id = _plain("chat_id", chat_id)
         tag = _plain("tag", tag)
-
-        async def attempt() -> ChatChange:
-            raw = await self._read({"_id": _id_filter(chat_id)})
-            old = raw.chat
-            new = rules.retagged(old, tag, add=add)
-            if new is None:
-                return ChatChange(old, False)
-            await self._write(raw, new)
-            return ChatChange(new, True)
-
-        return await self._run(attempt)
+        return await self._change(chat_id, lambda old: rules.retagged(old, tag, add=add))
 
     @_translated
     async def add_tag(self, chat_id: str, tag: str) -> ChatChange:
@@ -1733,113 +1300,13 @@ class MongoChatStore(_MongoPort, ChatStore):
     async def resolve(self, chat_id: str, *, now: datetime) -> ChatChange:
         chat_id = _plain("chat_id", chat_id)
         now = _ms(now)
-
-        async def attempt() -> ChatChange:
-            raw = await self._read({"_id": _id_filter(chat_id)})
-            old = raw.chat
-            new = rules.resolved(old, now=now)
-            if new is None:
-                return ChatChange(old, False)
-            await self._write(raw, new)
-            return ChatChange(new, True)
-
-        return await self._run(attempt)
+        return await self._change(chat_id, lambda old: rules.resolved(old, now=now))
 
     # ------------------------------------------------------------- maintenance
-    async def _computed_counters(self, session: _Session | None = None) -> dict[str, Doc]:
-        awaiting = {"$cond": [{"$in": [self.awaiting_tag, {"$ifNull": ["$tags", []]}]}, 1, 0]}
-        groups = await self._chats.aggregate(
-            [
-                {"$match": {"is_resolved": False}},
-                {
-                    "$group": {
-                        "_id": {
-                            "t": "$customer_type",
-                            "e": {"$ifNull": ["$assigned_executive_id", None]},
-                        },
-                        "n": {"$sum": 1},
-                        "aw": {"$sum": awaiting},
-                    }
-                },
-            ],
-            session=session,
-        )
-        counters: dict[str, Doc] = {}
-        for group in groups:
-            key = group["_id"]
-            n, aw = int(group["n"]), int(group["aw"])
-            customer_type = str(key.get("t") or "")
-            assignee = key.get("e")
-            totals = counters.setdefault(_type_counter(customer_type, 0), dict(_TYPE_ZEROS))
-            totals["open"] += n
-            totals["awaiting"] += aw
-            if assignee is None:
-                totals["unassigned"] += n
-            else:
-                mine = counters.setdefault(f"executive:{assignee}", dict(_EXECUTIVE_ZEROS))
-                mine["open_chats"] += n
-                mine["awaiting_chats"] += aw
-        return counters
-
-    async def _store_counters(self, session: _Session | None = None) -> None:
-        counters = await self._computed_counters(session)
-        existing = await self._counters.find({}, projection={"_id": 1}, session=session)
-        ids = {str(doc["_id"]) for doc in existing} | set(counters)
-        for counter in sorted(ids):
-            values = counters.get(counter) or _zeros(counter)
-            await self._counters.update_one(
-                {"_id": counter},
-                {"$set": {**values, **_counter_identity(counter)}},
-                upsert=True,
-                session=session,
-            )
-
     @_translated
     async def recount(self) -> None:
-        """Rebuild every counter from the chats (in a transaction where
-        available: exact even while others write)."""
-        await self._repair()
-        if await self.connection.transactions():
-
-            async def body(session: _Session) -> object:
-                await self._store_counters(session)
-                return None
-
-            await self._transaction(body)
-        else:
-            await self._store_counters()
-
-    @_translated
-    async def repair(self) -> int:
-        """Complete the unfinished changes whose lease ran out and drop
-        counter tokens left behind; returns how many changes it completed.
-
-        Cheap when there is nothing to do (one indexed query); call it
-        periodically (the inactivity monitor does).
-        """
-        return await self._repair()
-
-    async def _repair(self) -> int:
-        now = _ms(self.clock.now())
-        cutoff = now - self.lease
-        completed = 0
-        stale = await self._chats.find({"_pending.at": _at_or_before(cutoff)}, limit=_REPAIR_BATCH)
-        for doc in stale:
-            marker = doc.get("_pending")
-            if marker and await self._take_over(doc, marker):
-                completed += 1
-        for counter in await self._counters.find({"ops": {"$exists": True, "$ne": {}}}):
-            for token, stamp in dict(counter.get("ops") or {}).items():
-                at = _aware((stamp or {}).get("at"))
-                if at is not None and at > cutoff:
-                    continue
-                chat = await self._chats.find_one({"_id": (stamp or {}).get("c")})
-                marker = (chat or {}).get("_pending") or {}
-                if marker.get("token") != token:
-                    await self._counters.update_one(
-                        {"_id": counter["_id"]}, {"$unset": {f"ops.{token}": ""}}
-                    )
-        return completed
+        """Nothing to rebuild: the counters are computed from the chats
+        whenever they are read (see :meth:`executive_counters`)."""
 
     @_translated
     async def migrate(self) -> int:
@@ -1863,21 +1330,19 @@ class MongoChatStore(_MongoPort, ChatStore):
                 for doc in docs:
                     fields = _chat_doc(_chat_from_doc(doc), self.awaiting_tag)
                     update = {k: v for k, v in fields.items() if k not in doc or doc[k] != v}
-                    if update:
+                    if update or "_pending" in doc:
+                        change: Doc = {"$inc": {"_v": 1}}
+                        if update:
+                            change["$set"] = update
+                        if "_pending" in doc:  # a marker of an earlier version
+                            change["$unset"] = {"_pending": ""}
                         result = await self._chats.update_one(
-                            {"_id": doc["_id"], "_v": doc.get("_v")},
-                            {"$set": update, "$inc": {"_v": 1}},
+                            {"_id": doc["_id"], "_v": doc.get("_v")}, change
                         )
                         changed += result.modified
                 last_id = docs[-1]["_id"]
-        await self.recount()
+        self._cache.clear()
         return changed
-
-    # ------------------------------------------------------------- for tests
-    @_translated
-    async def pending_count(self) -> int:
-        """How many chats carry an unfinished change (tests, monitoring)."""
-        return await self._chats.count({"_pending": {"$exists": True}})
 
 
 # -------------------------------------------------------------------- executives
@@ -2445,15 +1910,12 @@ def mongo_ports(
     database: str,
     settings: Settings,
     clock: Clock,
-    counters_collection: str | None = None,
     rotation_collection: str | None = None,
     dedup_collection: str | None = None,
     locks_collection: str | None = None,
-    transactions: bool | None = None,
     async_client: bool = False,
     ensure_indexes: bool = True,
-    lease: timedelta = timedelta(seconds=30),
-    type_counter_shards: int = 8,
+    cache_size: int = 10_000,
     client_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Mongo adapters over one client, by port name: ``chats``,
@@ -2461,17 +1923,15 @@ def mongo_ports(
     ``lock`` (take the last three from Redis instead if you have it).
 
     Nothing connects until a port's ``start`` (or first use).  See
-    :class:`MongoConnection` for ``client_or_url``, ``transactions`` and
-    ``async_client``.  Collection names default to the ``Settings`` ones.
+    :class:`MongoConnection` for ``client_or_url`` and ``async_client``,
+    :class:`MongoChatStore` for ``cache_size``.  Collection names default to the ``Settings`` ones.
     """
-    counters_collection = counters_collection or settings.counters_collection
     rotation_collection = rotation_collection or settings.rotation_collection
     dedup_collection = dedup_collection or settings.dedup_collection
     locks_collection = locks_collection or settings.locks_collection
     connection = MongoConnection(
         client_or_url,
         database=database,
-        transactions=transactions,
         async_client=async_client,
         client_options=client_options,
     )
@@ -2480,10 +1940,7 @@ def mongo_ports(
             connection,
             awaiting_tag=settings.awaiting_tag,
             chats_collection=settings.chats_collection,
-            counters_collection=counters_collection,
-            clock=clock,
-            lease=lease,
-            type_counter_shards=type_counter_shards,
+            cache_size=cache_size,
             ensure_indexes=ensure_indexes,
         ),
         "executives": MongoExecutiveStore(

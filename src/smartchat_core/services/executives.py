@@ -3,8 +3,11 @@ release on offline (the seed's ``executive_service.py``)."""
 
 from __future__ import annotations
 
+import enum
+import random
 from collections.abc import Collection, Iterable, Sequence
 
+import anyio
 import attrs
 
 from .. import _events as events
@@ -12,14 +15,30 @@ from .._errors import BackendError, ChatResolvedError
 from .._models import Chat, Executive, ExecutiveStatus
 from .._validation import choice, identifier, identifier_set, integer, text
 from ..abc import AssignOutcome
-from ._base import Service, logger
+from ._base import Ports, Service, logger
 
 _MAX_RING_WALK = 10_000
 _DRAIN_BATCH = 100
+_MAX_CONTENDED = 8
+"""How often one assignment retries an executive whose last slot it lost
+in a tie (both racers stepped back)."""
+
+
+class _Verdict(enum.Enum):
+    OK = "ok"
+    GONE = "gone"
+    """Not online, or no longer serves the type: out of the ring."""
+    FULL = "full"
 
 
 class ExecutiveService(Service):
     """Registration, status, the rotation of each customer type, assignment."""
+
+    def __init__(self, ports: Ports) -> None:
+        super().__init__(ports)
+        self._capacity_hints: dict[str, int | None] = {}
+        """The last ``max_open_chats`` seen per executive (a shortcut to skip
+        full executives; never the deciding check)."""
 
     # ------------------------------------------------------------ registration
     async def register_executive(
@@ -189,12 +208,19 @@ class ExecutiveService(Service):
         (release); with nobody available it is then put back in the queue,
         unless that executive is still online and serves the type (then it
         keeps the chat).
+
+        Each pick is written first and checked after (one read of the
+        executive, and a count of its open chats when it has a capacity):
+        a status change racing with the write is then always seen, by us or
+        by the release that follows it.  A pick that fails the check is
+        taken back exactly (:meth:`ChatStore.undo_assign`).
         """
         rotation = self.ports.rotation
+        chats = self.ports.chats
         customer_type = chat.customer_type
         seen: set[str] = set()
         rebuilt = False
-        excluded = set(exclude)
+        contended = 0
         while len(seen) < _MAX_RING_WALK:
             try:
                 candidate = await rotation.next(customer_type)
@@ -202,9 +228,7 @@ class ExecutiveService(Service):
                 if expected_from is not None:
                     # Releasing and the rotation is down: the chat must not
                     # stay with the executive leaving; it waits in the queue.
-                    await self.ports.chats.unassign(
-                        chat.id, expected_from=expected_from, now=self.now()
-                    )
+                    await chats.unassign(chat.id, expected_from=expected_from, now=self.now())
                 raise
             if candidate is None:
                 if rebuilt or not await self._rebuild_rotation(customer_type):
@@ -214,47 +238,44 @@ class ExecutiveService(Service):
             if candidate in seen:
                 break
             seen.add(candidate)
-            if candidate in excluded:
+            if candidate in exclude:
                 continue
-            executive = await self.ports.executives.get(candidate)
-            if (
-                executive is None
-                or executive.status is not ExecutiveStatus.ONLINE
-                or customer_type not in executive.customer_types
-            ):
-                await self._drop_stale(customer_type, candidate)
+            if await self._known_full(candidate):
                 continue
-            result = await self.ports.chats.assign(
-                chat.id,
-                candidate,
-                expected_from=expected_from,
-                capacity=executive.max_open_chats,
-                now=self.now(),
+            result = await chats.assign(
+                chat.id, candidate, expected_from=expected_from, now=self.now()
             )
-            if result.outcome is AssignOutcome.AT_CAPACITY:
-                continue
-            if result.outcome is AssignOutcome.CHAT_CHANGED or result.chat is None:
+            if result.outcome is not AssignOutcome.ASSIGNED or result.chat is None:
                 # Someone else took or closed the chat: this pick assigned
                 # nothing, so the executive is next again (fair rotation).
                 await rotation.give_back(customer_type, candidate)
                 return result.chat if result.chat is not None else chat
             assigned = result.chat
-            # Went away/offline while we assigned?  Its release may have run
-            # before our write: take the chat back from it ourselves.
-            latest = await self.ports.executives.get(candidate)
-            if latest is None or latest.status is not ExecutiveStatus.ONLINE:
-                excluded.add(candidate)
-                return await self._assign(
-                    assigned, exclude=frozenset(excluded), expected_from=candidate
-                )
-            if expected_from is None:
-                await self.publish(events.chat_assigned(assigned, self.now()))
-            else:
-                await self.publish(
-                    events.chat_reassigned(assigned, expected_from, candidate, self.now())
-                )
-            return assigned
-        # Nobody available.
+            verdict = await self._check(candidate, customer_type, expected_from)
+            if verdict is _Verdict.OK:
+                if expected_from is None:
+                    await self.publish(events.chat_assigned(assigned, self.now()))
+                else:
+                    await self.publish(
+                        events.chat_reassigned(assigned, expected_from, candidate, self.now())
+                    )
+                return assigned
+            undone = await chats.undo_assign(assigned, result.previous or chat)
+            if not undone.changed:
+                # Moved on meanwhile (released because the executive went
+                # offline, resolved, ...): whoever moved it owns it now.
+                return undone.chat if undone.chat is not None else assigned
+            if verdict is _Verdict.GONE:
+                await rotation.remove(customer_type, candidate)
+            elif contended < _MAX_CONTENDED and await self._has_room(candidate):
+                # Over its limit only because another assignment raced us for
+                # its last slot, and both stepped back: try it again after a
+                # short random pause.
+                contended += 1
+                seen.discard(candidate)
+                await rotation.give_back(customer_type, candidate)
+                await anyio.sleep(random.uniform(0.0005, 0.005 * contended))
+                # Nobody available.
         if expected_from is None:
             return chat
         holder = await self.ports.executives.get(expected_from)
@@ -296,14 +317,46 @@ class ExecutiveService(Service):
             await self.ports.rotation.replace(customer_type, ids)
         return True
 
-    async def _drop_stale(self, customer_type: str, executive_id: str) -> None:
-        latest = await self.ports.executives.get(executive_id)
+    async def _known_full(self, executive_id: str) -> bool:
+        """Skip an executive this process last saw with a capacity when it
+        is at it (a count, then a fresh read to confirm: the hint is only a
+        shortcut, the check after the write decides)."""
+        limit = self._capacity_hints.get(executive_id)
+        if limit is None:
+            return False
+        held = (await self.ports.chats.executive_counters([executive_id]))[executive_id]
+        if held.open_chats < limit:
+            return False
+        executive = await self.ports.executives.get(executive_id)
+        limit = None if executive is None else executive.max_open_chats
+        self._capacity_hints[executive_id] = limit
+        return limit is not None and held.open_chats >= limit
+
+    async def _has_room(self, executive_id: str) -> bool:
+        limit = self._capacity_hints.get(executive_id)
+        if limit is None:
+            return False
+        held = (await self.ports.chats.executive_counters([executive_id]))[executive_id]
+        return held.open_chats < limit
+
+    async def _check(
+        self, executive_id: str, customer_type: str, expected_from: str | None
+    ) -> _Verdict:
+        """May the executive keep the chat just assigned to it?"""
+        executive = await self.ports.executives.get(executive_id)
         if (
-            latest is None
-            or latest.status is not ExecutiveStatus.ONLINE
-            or customer_type not in latest.customer_types
+            executive is None
+            or executive.status is not ExecutiveStatus.ONLINE
+            or customer_type not in executive.customer_types
         ):
-            await self.ports.rotation.remove(customer_type, executive_id)
+            self._capacity_hints.pop(executive_id, None)
+            return _Verdict.GONE
+        limit = executive.max_open_chats
+        self._capacity_hints[executive_id] = limit
+        if limit is None or executive_id == expected_from:
+            return _Verdict.OK
+        counters = await self.ports.chats.executive_counters([executive_id])
+        return _Verdict.OK if counters[executive_id].open_chats <= limit else _Verdict.FULL
 
     async def _reassign(self, chat: Chat, from_executive: str) -> Chat:
         return await self._assign(

@@ -236,7 +236,6 @@ async def _assign(ports: Ports, chat_id: str, executive_id: str) -> Chat:
         chat_id,
         executive_id,
         expected_from=current.assigned_executive_id,
-        capacity=None,
         now=ports.clock.now(),
     )
     assert result.outcome is AssignOutcome.ASSIGNED and result.chat is not None
@@ -527,7 +526,7 @@ async def test_chat_store_assign_an_unassigned_chat(contract_kit: ContractKit) -
     async with contract_kit.ports() as ports:
         chat = await _new_chat(ports, "c1")
         at = contract_kit.advance(seconds=3)
-        result = await ports.chats.assign("c1", "e1", expected_from=None, capacity=None, now=at)
+        result = await ports.chats.assign("c1", "e1", expected_from=None, now=at)
         assert result.outcome is AssignOutcome.ASSIGNED
         assigned = result.chat
         assert assigned is not None
@@ -549,12 +548,10 @@ async def test_chat_store_assign_checks_the_expected_assignee(contract_kit: Cont
         now = ports.clock.now()
         assigned = await _assign(ports, "c1", "e1")
         for expected in (None, "e3", "e2"):
-            result = await ports.chats.assign(
-                "c1", "e2", expected_from=expected, capacity=None, now=now
-            )
+            result = await ports.chats.assign("c1", "e2", expected_from=expected, now=now)
             assert result.outcome is AssignOutcome.CHAT_CHANGED, expected
             assert result.chat == assigned
-        result = await ports.chats.assign("c9", "e1", expected_from=None, capacity=None, now=now)
+        result = await ports.chats.assign("c9", "e1", expected_from=None, now=now)
         assert result.outcome is AssignOutcome.CHAT_CHANGED and result.chat is None
         assert await ports.chats.get("c9") is None
         assert await _executive_counters(ports, "e2") == (0, 0)
@@ -571,7 +568,7 @@ async def test_chat_store_assign_moves_a_chat_and_its_counters(
         await ports.chats.add_tag("c1", ports.settings.awaiting_tag)
         assert await _executive_counters(ports, "e1") == (1, 1)
         at = contract_kit.advance(seconds=5)
-        result = await ports.chats.assign("c1", "e2", expected_from="e1", capacity=None, now=at)
+        result = await ports.chats.assign("c1", "e2", expected_from="e1", now=at)
         assert result.outcome is AssignOutcome.ASSIGNED and result.chat is not None
         assert result.chat.assigned_executive_id == "e2" and result.chat.assigned_at == at
         assert await _executive_counters(ports, "e1") == (0, 0)
@@ -589,41 +586,67 @@ async def test_chat_store_assign_a_resolved_chat_changes_nothing(
     async with contract_kit.ports() as ports:
         await _new_chat(ports, "c1")
         resolved = (await ports.chats.resolve("c1", now=ports.clock.now())).chat
-        result = await ports.chats.assign(
-            "c1", "e1", expected_from=None, capacity=None, now=ports.clock.now()
-        )
+        result = await ports.chats.assign("c1", "e1", expected_from=None, now=ports.clock.now())
         assert result.outcome is AssignOutcome.CHAT_CHANGED and result.chat == resolved
         assert await _executive_counters(ports, "e1") == (0, 0)
         await _assert_counters(ports, ["e1"])
 
 
 @pytest.mark.anyio
-async def test_chat_store_assign_respects_capacity(contract_kit: ContractKit) -> None:
+async def test_chat_store_undo_assign_puts_the_chat_back_in_its_place(
+    contract_kit: ContractKit,
+) -> None:
     async with contract_kit.ports() as ports:
-        for n in range(1, 6):
-            await _new_chat(ports, f"c{n}")
-        now = ports.clock.now()
+        first = await _new_chat(ports, "c1")
+        contract_kit.advance(seconds=1)
+        second = await _new_chat(ports, "c2")
+        at = contract_kit.advance(seconds=1)
+        result = await ports.chats.assign("c1", "e1", expected_from=None, now=at)
+        assert result.outcome is AssignOutcome.ASSIGNED and result.chat is not None
+        assert result.previous == first
+        assert _ids(await ports.chats.waiting(RETAIL, limit=10)) == ["c2"]
+        undone = await ports.chats.undo_assign(result.chat, result.previous)
+        assert undone.changed and undone.chat == first
+        assert await ports.chats.get("c1") == first
+        # back in its place in the queue, ahead of the younger chat
+        assert _ids(await ports.chats.waiting(RETAIL, limit=10)) == ["c1", "c2"]
+        assert await _executive_counters(ports, "e1") == (0, 0)
+        assert await _type_counters(ports, RETAIL) == TypeCounters(open=2, unassigned=2)
+        # a second undo, or one of an assignment that moved on, changes nothing
+        again = await ports.chats.undo_assign(result.chat, result.previous)
+        assert not again.changed and again.chat == first
+        moved = await _assign(ports, "c2", "e1")
+        later = contract_kit.advance(seconds=1)
+        taken = await ports.chats.assign("c2", "e2", expected_from="e1", now=later)
+        assert taken.chat is not None
+        stale = await ports.chats.undo_assign(moved, second)
+        assert not stale.changed and stale.chat == taken.chat
+        await _assert_counters(ports, ["e1", "e2"])
 
-        async def assign(chat_id: str, executive_id: str, capacity: int | None) -> AssignOutcome:
-            result = await ports.chats.assign(
-                chat_id, executive_id, expected_from=None, capacity=capacity, now=now
-            )
-            return result.outcome
 
-        assert await assign("c1", "e1", 2) is AssignOutcome.ASSIGNED
-        assert await assign("c2", "e1", 2) is AssignOutcome.ASSIGNED
-        waiting = await ports.chats.get("c3")
-        assert await assign("c3", "e1", 2) is AssignOutcome.AT_CAPACITY
-        assert await ports.chats.get("c3") == waiting
-        assert await assign("c3", "e1", 0) is AssignOutcome.AT_CAPACITY
-        assert await assign("c3", "e2", 0) is AssignOutcome.AT_CAPACITY
-        assert await _executive_counters(ports, "e1") == (2, 0)
-        assert await assign("c3", "e1", 3) is AssignOutcome.ASSIGNED
-        # a resolved chat no longer counts against the capacity
-        assert (await ports.chats.resolve("c1", now=now)).changed
-        assert await assign("c4", "e1", 3) is AssignOutcome.ASSIGNED
-        assert await assign("c5", "e1", None) is AssignOutcome.ASSIGNED
-        assert await _executive_counters(ports, "e1") == (4, 0)
+@pytest.mark.anyio
+async def test_chat_store_undo_assign_of_a_move_returns_it_to_its_holder(
+    contract_kit: ContractKit,
+) -> None:
+    async with contract_kit.ports() as ports:
+        await _new_chat(ports, "c1")
+        held = await _assign(ports, "c1", "e1")
+        await ports.chats.add_tag("c1", ports.settings.awaiting_tag)
+        at = contract_kit.advance(seconds=5)
+        result = await ports.chats.assign("c1", "e2", expected_from="e1", now=at)
+        assert result.chat is not None and result.previous is not None
+        assert await _executive_counters(ports, "e2") == (1, 1)
+        undone = await ports.chats.undo_assign(result.chat, result.previous)
+        assert undone.changed and undone.chat is not None
+        assert undone.chat.assigned_executive_id == "e1"
+        assert undone.chat.assigned_at == held.assigned_at
+        assert await _executive_counters(ports, "e1") == (1, 1)
+        assert await _executive_counters(ports, "e2") == (0, 0)
+        # a resolved chat is not taken back
+        result = await ports.chats.assign("c1", "e2", expected_from="e1", now=at)
+        assert result.chat is not None and result.previous is not None
+        await ports.chats.resolve("c1", now=at)
+        assert not (await ports.chats.undo_assign(result.chat, result.previous)).changed
         await _assert_counters(ports, ["e1", "e2"])
 
 
@@ -640,7 +663,6 @@ async def test_chat_store_concurrent_assigns_of_one_chat_succeed_once(
                 "c1",
                 executive,
                 expected_from=None,
-                capacity=None,
                 now=ports.clock.now(),
             )
             for executive in executives
@@ -656,30 +678,6 @@ async def test_chat_store_concurrent_assigns_of_one_chat_succeed_once(
         assert sum(c.open_chats for c in counters.values()) == 1
         assert await _type_counters(ports, RETAIL) == TypeCounters(open=1)
         await _assert_counters(ports, executives)
-
-
-@pytest.mark.anyio
-async def test_chat_store_concurrent_assigns_respect_capacity(contract_kit: ContractKit) -> None:
-    async with contract_kit.ports() as ports:
-        chats = [f"c{n}" for n in range(8)]
-        for chat_id in chats:
-            await _new_chat(ports, chat_id)
-        results = await _gather(
-            partial(
-                ports.chats.assign,
-                chat_id,
-                "e1",
-                expected_from=None,
-                capacity=3,
-                now=ports.clock.now(),
-            )
-            for chat_id in chats
-        )
-        outcomes = Counter(r.outcome for r in results)
-        assert outcomes == {AssignOutcome.ASSIGNED: 3, AssignOutcome.AT_CAPACITY: 5}
-        assert await _executive_counters(ports, "e1") == (3, 0)
-        assert len(await ports.chats.waiting(RETAIL, limit=100)) == 5
-        await _assert_counters(ports, ["e1"])
 
 
 @pytest.mark.anyio
@@ -1760,6 +1758,19 @@ async def test_desk_round_robin_skips_executives_at_capacity(contract_kit: Contr
         assert (await _chat(desk, chats[3].id)).assigned_executive_id == "e1"
         assert events.named("chat_assigned")[-1].payload["chat_id"] == chats[3].id
         await _assert_counters(desk.ports, ["e1", "e2"])
+
+
+@pytest.mark.anyio
+async def test_desk_concurrent_assignments_respect_capacity(contract_kit: ContractKit) -> None:
+    async with contract_kit.recorded() as (desk, events):
+        await _staff(desk, "e1", capacity=3)
+        chats = await _gather(partial(_customer, desk, n) for n in range(8))
+        holders = Counter(c.assigned_executive_id for c in chats)
+        assert holders == {"e1": 3, None: 5}
+        assert (await desk.get_executive("e1")).open_chats == 3
+        assert (await desk.get_counters()).unassigned == 5
+        assert len(events.named("chat_assigned")) == 3
+        await _assert_counters(desk.ports, ["e1"])
 
 
 @pytest.mark.anyio
