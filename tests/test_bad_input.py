@@ -302,6 +302,12 @@ def _cases() -> tuple[list[Any], list[Any]]:
     each("assign.id", BAD_IDS, bad, lambda v: lambda w: w.desk.assign_chat_round_robin(v))
     add("assign.unknown", ChatNotFoundError, lambda w: w.desk.assign_chat_round_robin("nope"))
     add("assign.resolved", ChatResolvedError, lambda w: w.desk.assign_chat_round_robin(w.resolved))
+    each(
+        "assign_waiting.types",
+        [v for v in BAD_TYPE_SETS if v is not None and v != [] and v != set()],
+        bad,
+        lambda v: lambda w: w.desk.assign_waiting_chats(v),
+    )
 
     # -------------------------------------------------------------- messages
     def incoming(**overrides: Any) -> Operation:

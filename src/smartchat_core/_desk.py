@@ -265,6 +265,22 @@ class AsyncSmartChat:
         self._auth.require_privileged(actor, "assign chats")
         return await self._executives.assign_chat_round_robin(chat_id)
 
+    async def assign_waiting_chats(
+        self, customer_types: Iterable[str] | None = None, *, actor: Actor = SYSTEM
+    ) -> list[Chat]:
+        """Assign waiting chats (of these customer types; ``None``: every
+        type with waiting chats), oldest first, while someone is available;
+        returns the chats assigned.
+
+        The desk does this by itself whenever an executive comes online or
+        frees capacity; call it after changing executives or the rotation
+        behind the desk's back (a script, a restore).  Each assignment is
+        made on the chat as the queue query returned it (MongoDB: one
+        ``update`` and one read of the executive per chat).
+        """
+        self._auth.require_privileged(actor, "assign chats")
+        return await self._executives.assign_waiting_chats(customer_types)
+
     async def release_and_reassign_chats(
         self, executive_id: str, *, actor: Actor = SYSTEM
     ) -> list[Chat]:

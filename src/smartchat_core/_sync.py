@@ -249,6 +249,12 @@ class SmartChat:
         """See :meth:`AsyncSmartChat.assign_chat_round_robin`."""
         return self._run(self.desk.assign_chat_round_robin, chat_id, actor=actor)
 
+    def assign_waiting_chats(
+        self, customer_types: Iterable[str] | None = None, *, actor: Actor = SYSTEM
+    ) -> list[Chat]:
+        """See :meth:`AsyncSmartChat.assign_waiting_chats`."""
+        return self._run(self.desk.assign_waiting_chats, customer_types, actor=actor)
+
     def release_and_reassign_chats(self, executive_id: str, *, actor: Actor = SYSTEM) -> list[Chat]:
         """See :meth:`AsyncSmartChat.release_and_reassign_chats`."""
         return self._run(self.desk.release_and_reassign_chats, executive_id, actor=actor)

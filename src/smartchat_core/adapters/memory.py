@@ -158,29 +158,50 @@ class MemoryChatStore(ChatStore):
         if all_:
             _update(self._all, activity, sign)
 
-    def _apply_open(self, chat: Chat, sign: int) -> None:
-        """The monitors' indexes, the waiting queues and the counters."""
+    def _open_entries(self, chat: Chat) -> list[tuple[SortedList, tuple[float, str]]]:
+        """The entries an open chat has in the monitors' indexes, the waiting
+        queue of its type and the open chats of its executive."""
+        if not chat.is_open:
+            return []
+        entries: list[tuple[SortedList, tuple[float, str]]] = []
+        if chat.last_interaction_by is Interlocutor.CUSTOMER:
+            entries.append((self._sla, (_ts(chat.last_incoming_message), chat.id)))
+        elif chat.last_interaction_by is Interlocutor.EXECUTIVE and not self._awaiting(chat):
+            entries.append((self._awaiting_due, (_ts(chat.last_outgoing_message), chat.id)))
+        executive_id = chat.assigned_executive_id
+        if executive_id is None:
+            queue = self._waiting.get(chat.customer_type)
+            if queue is None:
+                queue = self._waiting[chat.customer_type] = SortedList()
+            entries.append((queue, (_ts(chat.queued_at), chat.id)))
+        else:
+            mine = self._open_by_executive.get(executive_id)
+            if mine is None:
+                mine = self._open_by_executive[executive_id] = SortedList()
+            entries.append((mine, (_ts(chat.assigned_at), chat.id)))
+        return entries
+
+    def _count(self, chat: Chat, sign: int) -> None:
+        """Move the counters of an open chat by ``sign``."""
         type_counters = self._type_counters.setdefault(chat.customer_type, [0, 0, 0])
         if not chat.is_open:
             return
         awaiting = self._awaiting(chat)
         type_counters[0] += sign
         type_counters[2] += sign * awaiting
-        if chat.last_interaction_by is Interlocutor.CUSTOMER:
-            _update(self._sla, (_ts(chat.last_incoming_message), chat.id), sign)
-        elif chat.last_interaction_by is Interlocutor.EXECUTIVE and not awaiting:
-            _update(self._awaiting_due, (_ts(chat.last_outgoing_message), chat.id), sign)
         executive_id = chat.assigned_executive_id
         if executive_id is None:
             type_counters[1] += sign
-            queue = self._waiting.setdefault(chat.customer_type, SortedList())
-            _update(queue, (_ts(chat.queued_at), chat.id), sign)
         else:
             counters = self._executive_counters.setdefault(executive_id, [0, 0])
             counters[0] += sign
             counters[1] += sign * awaiting
-            mine = self._open_by_executive.setdefault(executive_id, SortedList())
-            _update(mine, (_ts(chat.assigned_at), chat.id), sign)
+
+    def _apply_open(self, chat: Chat, sign: int) -> None:
+        """The monitors' indexes, the waiting queues and the counters."""
+        for index, entry in self._open_entries(chat):
+            _update(index, entry, sign)
+        self._count(chat, sign)
 
     def _put(self, old: Chat | None, new: Chat) -> Chat:
         if old is None:
@@ -190,13 +211,24 @@ class MemoryChatStore(ChatStore):
             if old.last_activity_at == new.last_activity_at:
                 # Same place in every listing: touch only the indexes that
                 # gained or lost the chat (e.g. one tag), not the big ones.
-                self._apply_listing(old, set(old_keys) - set(new_keys), -1, all_=False)
-                self._apply_listing(new, set(new_keys) - set(old_keys), 1, all_=False)
+                if old_keys != new_keys:
+                    self._apply_listing(old, set(old_keys) - set(new_keys), -1, all_=False)
+                    self._apply_listing(new, set(new_keys) - set(old_keys), 1, all_=False)
             else:
                 self._apply_listing(old, old_keys, -1)
                 self._apply_listing(new, new_keys, 1)
-            self._apply_open(old, -1)
-            self._apply_open(new, 1)
+            # Only the entries that moved (an assignment leaves the SLA
+            # index alone, a tag leaves the queues alone).
+            before = {(id(index), entry): index for index, entry in self._open_entries(old)}
+            after = {(id(index), entry): index for index, entry in self._open_entries(new)}
+            for key, index in before.items():
+                if key not in after:
+                    _update(index, key[1], -1)
+            for key, index in after.items():
+                if key not in before:
+                    _update(index, key[1], 1)
+            self._count(old, -1)
+            self._count(new, 1)
         self._chats[new.id] = new
         self._by_customer[new.customer_id] = new.id
         return new

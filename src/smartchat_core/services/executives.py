@@ -198,6 +198,15 @@ class ExecutiveService(Service):
             return chat
         return await self._assign(chat, exclude=frozenset())
 
+    async def assign_waiting_chat(self, chat: Chat) -> Chat:
+        """Assign a chat the caller has just read from the store (open,
+        unassigned) without reading it again; the chat as it ends up."""
+        result = await self._assign(chat, exclude=frozenset())
+        if result is chat:  # nobody took it: report it as it is now
+            current = await self.ports.chats.get(chat.id)
+            return current if current is not None else chat
+        return result
+
     async def _assign(
         self, chat: Chat, *, exclude: frozenset[str], expected_from: str | None = None
     ) -> Chat:
@@ -390,6 +399,21 @@ class ExecutiveService(Service):
             await self.drain_waiting(latest.customer_types)
         return moved
 
+    async def assign_waiting_chats(self, customer_types: Iterable[str] | None) -> list[Chat]:
+        """The public drain: these types, or every type with waiting chats."""
+        if isinstance(customer_types, (set, frozenset, list, tuple)) and not customer_types:
+            return []
+        if customer_types is None:
+            counters = await self.ports.chats.type_counters()
+            types = [t for t, c in counters.items() if c.unassigned]
+        else:
+            types = sorted(
+                identifier_set(
+                    "customer_types", customer_types, max_length=self.settings.max_id_length
+                )
+            )
+        return await self.drain_waiting(types)
+
     async def drain_waiting(self, customer_types: Iterable[str]) -> list[Chat]:
         """Assign waiting chats of these types, oldest first, while someone
         is available.  Returns the chats assigned."""
@@ -405,6 +429,7 @@ class ExecutiveService(Service):
             if not waiting:
                 return assigned
             progressed = False
+            exhausted = len(waiting) < _DRAIN_BATCH
             for chat in waiting:
                 result = await self._assign(chat, exclude=frozenset())
                 if result.assigned_executive_id is not None and result.is_open:
@@ -415,5 +440,7 @@ class ExecutiveService(Service):
                     return assigned  # nobody available for this type
                 else:
                     progressed = True  # resolved meanwhile
-            if not progressed:
+            if not progressed or exhausted:
+                # A chat queued after our read was offered to the rotation
+                # by whoever queued it.
                 return assigned

@@ -45,12 +45,9 @@ class IntakeService(Service):
         if result.removed_awaiting:
             await self.publish(events.tag_updated(chat, s.awaiting_tag, "removed", now))
         if chat.is_waiting:
-            try:
-                chat = await self.executives.assign_chat_round_robin(chat.id)
-            except ChatResolvedError:
-                # Resolved by someone else since we recorded the message: the
-                # message is stored; report the chat as it is now.
-                chat = await self.load_chat(chat.id)
+            # Assigned as recorded (no second read); if someone resolved or
+            # assigned it meanwhile, the chat as it is now comes back.
+            chat = await self.executives.assign_waiting_chat(chat)
         return chat
 
     async def send_executive_message(

@@ -1774,6 +1774,38 @@ async def test_desk_concurrent_assignments_respect_capacity(contract_kit: Contra
 
 
 @pytest.mark.anyio
+async def test_desk_assign_waiting_chats_drains_the_queues(contract_kit: ContractKit) -> None:
+    async with contract_kit.recorded() as (desk, events):
+        await _staff(desk, "e1", "e2", online=False)
+        await _staff(desk, "w1", types=(WHOLESALE,), online=False)
+        retail = []
+        for n in range(5):
+            retail.append(await _customer(desk, n))
+            contract_kit.advance(seconds=1)
+        wholesale = await _customer(desk, 50, customer_type=WHOLESALE)
+        assert await desk.assign_waiting_chats() == []  # nobody online
+        # Online behind the desk's back (a script, a restore): nothing drains.
+        for executive_id, customer_type in (("e1", RETAIL), ("e2", RETAIL), ("w1", WHOLESALE)):
+            await desk.ports.executives.set_status(
+                executive_id, ExecutiveStatus.ONLINE, now=desk.clock.now()
+            )
+            await desk.ports.rotation.add(customer_type, executive_id)
+        assert (await desk.get_counters()).unassigned == 6
+        with pytest.raises(InvalidInputError):
+            await desk.assign_waiting_chats("retail")
+        assert await desk.assign_waiting_chats([]) == []
+        assigned = await desk.assign_waiting_chats([RETAIL])
+        assert _ids(assigned) == _ids(retail)  # oldest first
+        assert [c.assigned_executive_id for c in assigned] == ["e1", "e2", "e1", "e2", "e1"]
+        assert (await _chat(desk, wholesale.id)).is_waiting
+        (last,) = await desk.assign_waiting_chats()
+        assert last.id == wholesale.id and last.assigned_executive_id == "w1"
+        assert await desk.assign_waiting_chats() == []
+        assert len(events.named("chat_assigned")) == 6
+        await _assert_counters(desk.ports, ["e1", "e2", "w1"])
+
+
+@pytest.mark.anyio
 async def test_desk_waiting_chats_go_oldest_first_to_whoever_comes_online(
     contract_kit: ContractKit,
 ) -> None:
