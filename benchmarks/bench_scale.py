@@ -935,7 +935,7 @@ def parse(argv: Sequence[str] | None) -> Options:
         "--burst-mongo-chats",
         type=int,
         default=None,
-        help="new chats of the burst on the wire server (default 4,000)",
+        help="new chats of the burst on the wire server (default 10,000)",
     )
     parser.add_argument(
         "--burst-chats",
@@ -967,7 +967,7 @@ def parse(argv: Sequence[str] | None) -> Options:
         redis_assignments=1_000 if quick else 5_000,
         mongo_assignments=100 if quick else 500,
         burst_chats=args.burst_chats or (1_000 if quick else 10_000),
-        burst_mongo_chats=args.burst_mongo_chats or (200 if quick else 4_000),
+        burst_mongo_chats=args.burst_mongo_chats or (200 if quick else 10_000),
         processes=4,
         concurrency=8,
         output=args.output,
