@@ -77,11 +77,11 @@ __all__ = [
 
 logger = logging.getLogger("smartchat_core")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
 
 def _ts(value: datetime | None) -> float:
-    return (value - _EPOCH).total_seconds() if value is not None else float("-inf")
+    # Every time the desk stores is timezone-aware (the clock port and the
+    # validation guarantee it), so this is the seconds since the epoch.
+    return value.timestamp() if value is not None else float("-inf")
 
 
 class SystemClock(Clock):

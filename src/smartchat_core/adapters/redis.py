@@ -20,7 +20,8 @@ Key layout (``<P>`` is the prefix, default :attr:`Settings.redis_prefix`
                                                 (monitors: <name> = monitor:<monitor>:<slot>)
     <D>sla::alerted::<chat_id>::<tier> string   an SLA alert dedup key: the seed's key;
                                                 <D> = dedup prefix, default empty
-    <P>:events                         channel  every event, as JSON (pub/sub)
+    <P>:events                         channel  every event, as JSON (pub/sub),
+                                                {"origin": <publisher id>, **Event.to_json()}
 
 e.g. ``{smartchat}:rr:retail``, ``{smartchat}:lock:monitor:sla:29432160``,
 ``sla::alerted::65a1...::alert``, ``smartchat:events``.
@@ -52,24 +53,31 @@ Operations:
   (``ttl`` + one hour) only collects garbage.  That is how tests and
   simulations on virtual time get dedup windows and leases that end when
   virtual time says so.
-* Events: ``publish`` is one ``PUBLISH`` of :meth:`Event.to_json` on
-  ``<P>:events``.  Each publisher runs one background listener (a task of
-  its own, started by ``start`` and cancelled on exit) subscribed to the
-  channel, which fans events out to this process's subscribers with room
-  filtering, so a WebSocket served by any process sees every process's
+* Events: ``publish`` never waits for Redis: it hands the event to this
+  process's subscribers at once and queues it; a background sender (a task
+  of its own, started by ``start``, flushed and stopped on exit) sends the
+  queue in batches, one round trip a batch (one ``EVAL`` running a
+  ``PUBLISH`` an event), on ``<P>:events`` (:meth:`Event.to_json` as JSON, with the publisher's
+  ``origin`` first).  While this process has a subscription, a background
+  listener subscribed to the channel fans the other processes' events out
+  to it with room filtering (its own it recognises by the origin and
+  skips), so a WebSocket served by any process sees every process's
   events.  A new subscription sees exactly what Redis received after it (a
-  barrier message through the channel).  The listener reconnects by itself
-  after a connection loss (events published meanwhile are lost: pub/sub
-  does not store them).
+  barrier message through the channel).  Best-effort, as pub/sub is: the
+  queue is bounded (the oldest dropped beyond it), and the listener
+  reconnects by itself after a connection loss (what was published
+  meanwhile is lost to it: pub/sub does not store it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import (
     AbstractAsyncContextManager,
     AsyncExitStack,
@@ -190,11 +198,13 @@ class RedisConnection:
     that exit stack).  :meth:`start` also checks the server answers, so a
     desk does not start against an unreachable Redis.
 
-    A client built from a URL uses a ``BlockingConnectionPool`` of
-    ``max_connections`` connections: a burst of concurrent commands waits
-    up to ``pool_timeout`` seconds for a free connection instead of failing
+    A client built from a URL uses a pool of ``max_connections``
+    connections: a burst of concurrent commands waits up to
+    ``pool_timeout`` seconds for a free connection instead of failing
     (redis-py's default pool raises "Too many connections" beyond its size;
-    give a ready-made client a blocking pool too).  ``client_options`` go to
+    give a ready-made client a ``BlockingConnectionPool``).  Unlike
+    redis-py's ``BlockingConnectionPool`` it costs nothing while a
+    connection is free.  ``client_options`` go to
     the pool (``socket_timeout``, ``retry``, ``health_check_interval``...).
     """
 
@@ -232,15 +242,15 @@ class RedisConnection:
             return
         _asyncio_loop()
         if self._client is None:
-            from redis.asyncio import BlockingConnectionPool, Redis
+            from redis.asyncio import Redis
 
             assert self._url is not None
-            pool = BlockingConnectionPool.from_url(
+            pool = _bounded_pool_class().from_url(
                 self._url,
                 max_connections=self._max_connections,
-                timeout=self._pool_timeout,
                 **self._options,
             )
+            pool.wait_timeout = self._pool_timeout
             client = Redis.from_pool(pool)
             self._client = client
 
@@ -253,6 +263,62 @@ class RedisConnection:
             await self.client.ping()
         self._started = True
         exit_stack.callback(setattr, self, "_started", False)
+
+
+@functools.cache
+def _bounded_pool_class() -> type[Any]:
+    """redis-py's plain ``ConnectionPool``, but a command that finds every
+    connection busy waits (up to ``wait_timeout`` seconds) for one to be
+    released instead of failing with "Too many connections".
+
+    Unlike ``BlockingConnectionPool``, which takes an ``asyncio.Condition``
+    and arms a timeout for every command (about 25 µs per command), this
+    costs nothing while a connection is free: it only waits when the pool is
+    exhausted.  Built on the pool's public methods (``can_get_connection``,
+    ``get_connection``, ``release``).
+    """
+    from redis.asyncio import ConnectionPool
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import MaxConnectionsError
+
+    class BoundedConnectionPool(ConnectionPool):
+        wait_timeout: float | None = 20.0
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._released: asyncio.Condition | None = None
+            self._waiting = 0
+
+        async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            while True:
+                if self.can_get_connection():
+                    try:
+                        return await super().get_connection()  # type: ignore[no-untyped-call]
+                    except MaxConnectionsError:
+                        pass  # taken by another task meanwhile: wait
+                await self._wait()
+
+        async def _wait(self) -> None:
+            if self._released is None:
+                self._released = asyncio.Condition()
+            self._waiting += 1
+            try:
+                async with self._released:
+                    await asyncio.wait_for(
+                        self._released.wait_for(self.can_get_connection), self.wait_timeout
+                    )
+            except asyncio.TimeoutError as error:
+                raise RedisConnectionError("No connection available.") from error
+            finally:
+                self._waiting -= 1
+
+        async def release(self, connection: Any) -> None:
+            await super().release(connection)
+            if self._waiting and self._released is not None:
+                async with self._released:
+                    self._released.notify()
+
+    return BoundedConnectionPool
 
 
 def _connection(value: Redis | str | RedisConnection) -> RedisConnection:
@@ -491,7 +557,7 @@ class _Subscription(AsyncIterator[Event]):
         while True:
             event = await self._stream.__anext__()
             if not isinstance(event, _Sequenced):
-                return event
+                return event  # this process's own event, delivered at publish
             if event.seq > self._after:
                 return event.unwrap()
 
@@ -510,6 +576,59 @@ def _json(value: object) -> object:
     raise TypeError(f"an event payload holds a {type(value).__name__}, which is not JSON")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json)
+"""One encoder for every message (``json.dumps`` with options builds one a call)."""
+
+
+def _stdlib_encode(document: object) -> str:
+    return _ENCODER.encode(document)
+
+
+def _pick_encoder() -> Callable[[object], str]:
+    """orjson when it is installed (the ``redis`` extra brings it: about ten
+    times faster on an event), else the standard library; same JSON."""
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - orjson is in the redis extra
+        return _stdlib_encode
+    dumps = orjson.dumps
+
+    def encode(document: object) -> str:
+        return dumps(document, default=_json).decode()
+
+    return encode
+
+
+_encode = _pick_encoder()
+
+
+_PUBLISH_ALL = """
+for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end
+return #ARGV - 1
+"""
+"""A batch of events in one call, each its own PUBLISH (ARGV: channel, messages)."""
+
+
+def _is_cluster(client: object) -> bool:
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background task and wait for its end (shielded)."""
+    if task is None:
+        return
+    with anyio.CancelScope(shield=True):
+        while not task.done():
+            # Repeated: a driver's asyncio.wait_for (Python < 3.12) can
+            # swallow a cancellation that races with a wake-up.
+            task.cancel()
+            await asyncio.wait([task], timeout=0.1)
+    if not task.cancelled() and task.exception() is not None:  # pragma: no cover
+        logger.error("a Redis event task failed", exc_info=task.exception())
+
+
 async def _aclose_quietly(pubsub: PubSub) -> None:
     with anyio.CancelScope(shield=True):
         try:
@@ -522,20 +641,49 @@ class RedisEventPublisher(EventPublisher):
     """Events over Redis pub/sub (asyncio only), so a subscriber in any
     process sees every process's events.
 
-    ``publish`` sends the event as JSON on the channel ``{prefix}:events``.
-    One background listener per publisher (an asyncio task started by
-    :meth:`start`, cancelled when its exit stack closes) receives the channel and fans the
-    events out to local subscribers with room filtering (a
+    **Publishing never waits for Redis.**  :meth:`publish` hands the event at
+    once to this process's subscribers (room filtering, a
     :class:`~smartchat_core.adapters.memory.MemoryEventPublisher`: each
-    subscriber has a buffer of ``buffer_size`` events; a subscriber that does
-    not keep up loses events, counted in :attr:`dropped`, instead of slowing
-    anyone down).
+    subscriber has a buffer of ``buffer_size`` events; one that does not
+    keep up loses events, counted in :attr:`dropped`, instead of slowing
+    anyone down) and queues it for Redis.  A background sender (an asyncio
+    task started by :meth:`start`) sends the queue in batches: it lets
+    events gather for ``batch_delay`` seconds, then sends up to
+    ``batch_size`` of them in one round trip, in publish order, on the
+    channel ``{prefix}:events``: :meth:`Event.to_json` as JSON with this
+    publisher's :attr:`origin` as first field.  A batch is one ``EVAL`` of
+    a script that runs one ``PUBLISH`` an event (redis-py parses one reply
+    instead of one an event); where scripts are refused, a pipeline of
+    ``PUBLISH`` commands; on Redis Cluster, whose pipelines refuse
+    ``PUBLISH``, one command after the other.  :meth:`flush` waits until what was
+    published so far is on Redis; the exit stack flushes (for up to
+    ``flush_timeout`` seconds) before stopping.
+
+    Delivery is best-effort, as pub/sub always is: a Redis failure never
+    reaches the caller of ``publish``.  While Redis is unreachable, events
+    wait in the queue (``queue_size`` events at most; beyond that the oldest
+    are dropped, counted in :attr:`queue_dropped`, with one warning an
+    outage) and go out when it answers again; the part of a batch not
+    confirmed when a connection broke is sent again, so a few events can
+    reach the other processes twice around an outage.
+
+    A background listener (an asyncio task of its own) runs while this
+    process has at least one subscription (:attr:`connected`): it receives
+    the channel and fans the other processes' events out to the local
+    subscribers.  It recognises this publisher's own messages by their first
+    bytes and skips them undecoded (they were delivered at publish).  A
+    process without subscriptions does not receive the channel at all.
+    While disconnected, the listener retries with a growing delay (up to
+    ``reconnect_max_delay`` seconds); what other processes publish meanwhile
+    is lost to it.
 
     Entering :meth:`subscribe` costs one round trip through the channel (a
-    barrier message): the subscription sees exactly the events that Redis
-    received after it, from every process.  While the listener is
-    disconnected it retries with a growing delay (up to
-    ``reconnect_max_delay`` seconds); events published meanwhile are lost.
+    barrier message; two for the first subscription, which subscribes to
+    the channel): the subscription sees exactly the events of other
+    processes that Redis received after it, and every event this process
+    publishes from the moment ``subscribe`` is entered.  Events of this
+    process reach its subscribers before Redis has them, so between
+    processes only each publisher's own order is kept.
     """
 
     def __init__(
@@ -546,63 +694,152 @@ class RedisEventPublisher(EventPublisher):
         buffer_size: int = 1000,
         subscribe_timeout: float = 10.0,
         reconnect_max_delay: float = 2.0,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        batch_delay: float = 0.005,
+        flush_timeout: float = 5.0,
     ) -> None:
+        if queue_size < 1 or batch_size < 1:
+            raise ValueError("queue_size and batch_size must be at least 1")
+        if batch_delay < 0 or flush_timeout < 0:
+            raise ValueError("batch_delay and flush_timeout must not be negative")
         self.connection = _connection(client)
         self.channel = RedisKeys(prefix).events
         self.subscribe_timeout = subscribe_timeout
         self.reconnect_max_delay = reconnect_max_delay
+        self.queue_size = queue_size
+        """Events waiting for Redis at most; beyond, the oldest are dropped."""
+        self.batch_size = batch_size
+        """Events sent in one batch (one round trip) at most."""
+        self.batch_delay = batch_delay
+        """Seconds the sender lets events gather after the first one of a batch."""
+        self.flush_timeout = flush_timeout
+        """Seconds the exit waits for queued events to reach Redis."""
+        self.origin = uuid.uuid4().hex
+        """This publisher's id, the first field of each of its messages."""
+        self._head = '{"origin":"' + self.origin + '",'
+        self._head_bytes = self._head.encode()
         self._local = MemoryEventPublisher(buffer_size=buffer_size)
         self._pending: dict[str, _Pending] = {}
+        self._subscriptions = 0
         self._seq = 0
         self._running = False
-        self._task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._listening: asyncio.Lock | None = None
+        self._sender: asyncio.Task[None] | None = None
+        # (number, message): events numbered in publish order; the sender's
+        # batch in flight came from the front of the queue.
+        self._queue: deque[tuple[int, str]] = deque()
+        self._batch: list[tuple[int, str]] = []
+        self._queued = 0
+        self._wake: asyncio.Event | None = None
+        self._idle = False
+        self._batch_sent = 0
+        self._script_batches = True
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._failing = False
+        self._overflow_warned = False
         self.connected = False
-        """Whether the listener is subscribed right now."""
+        """Whether the listener is subscribed right now (it runs only while
+        this process has a subscription)."""
         self.reconnects = 0
         """How many times the listener re-subscribed after losing its connection."""
+        self.sent = 0
+        """Events sent to Redis."""
+        self.batches = 0
+        """Batches sent (:attr:`sent` / :attr:`batches` is the mean batch)."""
+        self.send_errors = 0
+        """Failed batches (each is sent again after a growing delay)."""
+        self.queue_dropped = 0
+        """Events never sent to Redis: the oldest of a full queue, while Redis
+        was unreachable or slower than the publishers."""
 
     @property
     def dropped(self) -> int:
         """Events not delivered to local subscribers that did not keep up."""
         return self._local.dropped
 
+    @property
+    def queued(self) -> int:
+        """Events published here and not on Redis yet (queued or in flight)."""
+        return len(self._queue) + len(self._batch)
+
+    @property
+    def _done(self) -> int:
+        """Every event numbered below this one was sent or dropped."""
+        if self._batch:
+            return self._batch[0][0]
+        return self._queue[0][0] if self._queue else self._queued
+
     # ----------------------------------------------------------------- lifecycle
     async def start(self, exit_stack: AsyncExitStack) -> None:
-        """Connect, subscribe (the channel is listened to when this returns)
-        and start the listener; the exit stack stops it.
+        """Connect (PING) and start the sender; the exit stack flushes the
+        queue (up to ``flush_timeout`` seconds) and stops the sender and the
+        listener.
 
-        The listener is a task of its own, not one of the caller's task
-        group: ``start`` and the exit may run in different tasks (the
-        blocking :class:`~smartchat_core.SmartChat` enters and exits through
-        its portal), and the caller's exceptions pass through unchanged.
+        The sender and the listener are tasks of their own, not of the
+        caller's task group: ``start`` and the exit may run in different
+        tasks (the blocking :class:`~smartchat_core.SmartChat` enters and
+        exits through its portal), and the caller's exceptions pass through
+        unchanged.  Events published before ``start`` wait in the queue.
         """
-        if self._task is not None:
+        if self._sender is not None:
             raise RuntimeError("this RedisEventPublisher is already started")
         loop = _asyncio_loop()
         await self.connection.start(exit_stack)
-        pubsub = await self._open_pubsub()
         self._running = True
-        self.connected = True
-        self._task = loop.create_task(
-            self._listen(pubsub), name=f"smartchat redis listener {self.channel}"
-        )
+        self._wake = asyncio.Event()
+        self._idle = False
+        self._listening = asyncio.Lock()
+        self._sender = loop.create_task(self._send(), name=f"smartchat redis sender {self.channel}")
         exit_stack.push_async_callback(self._stop)
 
     async def _stop(self) -> None:
-        task, self._task = self._task, None
         self._running = False
-        self._flush_pending()
-        if task is None:
-            return
+        if self.queued and self._sender is not None and not self._sender.done():
+            with anyio.move_on_after(self.flush_timeout, shield=True):
+                await self._sent_through(self._queued)
+            if self.queued:
+                logger.warning(
+                    "Redis event publisher: %d events not sent within %s s of stopping",
+                    self.queued,
+                    self.flush_timeout,
+                )
+        sender, self._sender = self._sender, None
         with anyio.CancelScope(shield=True):
-            while not task.done():
-                # Repeated: a driver's asyncio.wait_for (Python < 3.12) can
-                # swallow a cancellation that races with a wake-up.
-                task.cancel()
-                await asyncio.wait([task], timeout=0.1)
-        if not task.cancelled() and task.exception() is not None:  # pragma: no cover
-            logger.error("the Redis event listener failed", exc_info=task.exception())
-        self.connected = False
+            await _cancel(sender)
+            await self._stop_listener()
+        self._wake = None
+        self._idle = False
+        self._listening = None
+        self._failing = False
+        self._wake_waiters(stopped=True)
+
+    # ----------------------------------------------------------------- listener
+    async def _start_listener(self) -> None:
+        """Listen to the channel (for this process's first subscription)."""
+        assert self._listening is not None
+        async with self._listening:
+            if self._listener is not None and not self._listener.done():
+                return
+            pubsub = await self._open_pubsub()
+            self.connected = True
+            self._listener = _asyncio_loop().create_task(
+                self._listen(pubsub), name=f"smartchat redis listener {self.channel}"
+            )
+
+    async def _stop_listener(self, *, unless_subscribed: bool = False) -> None:
+        """Stop listening (no subscription left here, or the publisher stops)."""
+        with anyio.CancelScope(shield=True):
+            if self._listening is None:
+                return
+            async with self._listening:
+                if unless_subscribed and self._subscriptions:
+                    return
+                listener, self._listener = self._listener, None
+                await _cancel(listener)
+                self._flush_pending()
+                self.connected = False
 
     async def _open_pubsub(self) -> PubSub:
         pubsub = self.connection.client.pubsub()
@@ -657,6 +894,11 @@ class RedisEventPublisher(EventPublisher):
 
     async def _on_message(self, data: object) -> None:
         self._seq += 1
+        if isinstance(data, bytes):
+            if data.startswith(self._head_bytes):
+                return  # our own: delivered when published
+        elif isinstance(data, str) and data.startswith(self._head):
+            return  # (a client with decode_responses=True)
         try:
             document = json.loads(_text(data))
             if isinstance(document, dict) and "barrier" in document:
@@ -679,12 +921,160 @@ class RedisEventPublisher(EventPublisher):
                 pending.seq = self._seq
                 pending.arrived.set()
 
+    # ------------------------------------------------------------------- sender
+    def _enqueue(self, data: str) -> None:
+        queue = self._queue
+        if len(queue) >= self.queue_size:
+            queue.popleft()
+            self._dropped_oldest(1)
+        queue.append((self._queued, data))
+        self._queued += 1
+        if self._idle:
+            self._idle = False
+            assert self._wake is not None
+            self._wake.set()
+
+    def _dropped_oldest(self, count: int) -> None:
+        self.queue_dropped += count
+        if not self._overflow_warned:
+            self._overflow_warned = True
+            logger.warning(
+                "Redis event publisher: the queue is full (%d events; Redis unreachable or "
+                "too slow): dropping the oldest events (see queue_dropped)",
+                self.queue_size,
+            )
+        if self._waiters:
+            self._wake_waiters()
+
+    async def _send(self) -> None:
+        """The sender task: the queue to Redis, a pipeline a batch, in order."""
+        wake = self._wake
+        assert wake is not None
+        queue = self._queue
+        delay = 0.05
+        while True:
+            if not queue:
+                wake.clear()
+                self._idle = True
+                await wake.wait()
+            if self.batch_delay and len(queue) < self.batch_size:
+                await asyncio.sleep(self.batch_delay)  # let a batch gather
+            batch = self._batch = [queue.popleft() for _ in range(min(len(queue), self.batch_size))]
+            self._batch_sent = 0
+            try:
+                await self._send_batch(batch)
+            except Exception as exc:  # RedisError, OSError, or the client is gone
+                self.send_errors += 1
+                self._requeue(batch)  # what did not go out is sent again, first
+                excess = len(queue) - self.queue_size
+                if excess > 0:
+                    for _ in range(excess):
+                        queue.popleft()
+                    self._dropped_oldest(excess)
+                if not self._failing:
+                    self._failing = True
+                    logger.warning(
+                        "Redis event publisher: PUBLISH failed (%s); events wait in the queue "
+                        "(up to %d) and go out when Redis answers",
+                        exc,
+                        self.queue_size,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max_delay)
+                continue
+            except BaseException:  # cancelled: the rest of the batch stays queued
+                self._requeue(batch)
+                raise
+            self._batch = []
+            self.sent += len(batch)
+            self.batches += 1
+            delay = 0.05
+            if self._failing:
+                self._failing = False
+                logger.warning("Redis event publisher: PUBLISH works again")
+            if not queue:
+                self._overflow_warned = False
+            if self._waiters:
+                self._wake_waiters()
+
+    async def _send_batch(self, batch: list[tuple[int, str]]) -> None:
+        client = self.connection.client
+        if _is_cluster(client):
+            # A cluster pipeline refuses PUBLISH: one command after the other.
+            for _, data in batch:
+                await client.publish(self.channel, data)
+                self._batch_sent += 1
+            return
+        if self._script_batches:
+            # One EVAL: one reply to parse instead of one per event (a
+            # pipeline costs redis-py some 12 µs of CPU an event).
+            from redis.exceptions import ResponseError
+
+            try:
+                await client.eval(_PUBLISH_ALL, 0, self.channel, *[data for _, data in batch])
+                return
+            except ResponseError as exc:  # scripting refused (ACL...): pipelines from now on
+                self._script_batches = False
+                logger.warning(
+                    "Redis event publisher: EVAL refused (%s); sending pipelines instead", exc
+                )
+        pipe = client.pipeline(transaction=False)
+        for _, data in batch:
+            pipe.publish(self.channel, data)
+        await pipe.execute()
+
+    def _requeue(self, batch: list[tuple[int, str]]) -> None:
+        """A batch cut short: count what went out, queue the rest first again."""
+        done = self._batch_sent
+        self.sent += done
+        self._batch = []
+        self._queue.extendleft(reversed(batch[done:]))
+
+    def _wake_waiters(self, *, stopped: bool = False) -> None:
+        done = self._done
+        waiting = []
+        for target, future in self._waiters:
+            if future.done():
+                continue
+            if done >= target:
+                future.set_result(None)
+            elif stopped:
+                future.set_exception(RuntimeError("the RedisEventPublisher stopped"))
+            else:
+                waiting.append((target, future))
+        self._waiters = waiting
+
+    async def _sent_through(self, target: int) -> None:
+        if self._done >= target:
+            return
+        if self._sender is None or self._sender.done():
+            raise RuntimeError("start the RedisEventPublisher (start the desk) to send its events")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, future))
+        await future
+
+    async def flush(self) -> None:
+        """Wait until every event published so far was sent to Redis (or,
+        the queue being full meanwhile, dropped).
+
+        It waits as long as Redis is unreachable: bound it with
+        ``anyio.fail_after`` if needed.  Raises :class:`RuntimeError` when
+        events wait and the publisher is not started (or stops meanwhile).
+        """
+        await self._sent_through(self._queued)
+
     # ----------------------------------------------------------------- the port
     async def publish(self, event: Event) -> None:
-        await self._publish(event.to_json())
+        """Deliver to this process's subscribers and queue for Redis; never
+        waits for Redis and never raises for it (best-effort, see the class).
+        A payload that is not JSON raises :class:`TypeError`."""
+        data = self._head + _encode(event.to_json())[1:]
+        if self._subscriptions:
+            await self._local.publish(event)
+        self._enqueue(data)
 
-    async def _publish(self, document: dict[str, Any]) -> None:
-        data = json.dumps(document, separators=(",", ":"), ensure_ascii=False, default=_json)
+    async def _publish_now(self, document: dict[str, Any]) -> None:
+        data = _encode(document)
         with _backend_errors("PUBLISH"):
             await self.connection.client.publish(self.channel, data)
 
@@ -696,8 +1086,18 @@ class RedisEventPublisher(EventPublisher):
         if not self._running:
             raise RuntimeError("start the RedisEventPublisher (start the desk) before subscribing")
         async with self._local.subscribe(rooms) as stream:
-            after = await self._barrier() if rooms else self._seq
-            yield _Subscription(stream, after)
+            self._subscriptions += 1
+            try:
+                if rooms:
+                    await self._start_listener()
+                    after = await self._barrier()
+                else:
+                    after = self._seq
+                yield _Subscription(stream, after)
+            finally:
+                self._subscriptions -= 1
+                if not self._subscriptions:
+                    await self._stop_listener(unless_subscribed=True)
 
     async def _barrier(self) -> int:
         """Send a marker through the channel and wait for it: the position
@@ -705,7 +1105,7 @@ class RedisEventPublisher(EventPublisher):
         barrier = uuid.uuid4().hex
         pending = self._pending[barrier] = _Pending()
         try:
-            await self._publish({"barrier": barrier})
+            await self._publish_now({"barrier": barrier})
             with anyio.move_on_after(self.subscribe_timeout):
                 await pending.arrived.wait()
             if not pending.arrived.is_set():
