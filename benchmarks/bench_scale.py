@@ -21,7 +21,7 @@ prints markdown tables (and writes them to ``--output``):
    counters (no scan) with their time, checked against the listing totals.
 4. **Burst**: new chats over 4 OS processes (multiprocessing, spawn)
    sharing the redis-server, 50 executives in 3 customer types: shared
-   chat store on the wire server (as many chats as fit the time budget),
+   chat store on the wire server (10,000 chats),
    and the full 10,000 with per-process in-memory chat stores (the only
    other store there is; rotation, dedup, leases and events are still
    shared through Redis).
@@ -1198,7 +1198,7 @@ async def section_ticks(options: Options, servers: Servers, say: Any, verdict: A
     say("", f"## Monitor tick on the wire server (Redis + SecantusDB, median of {wire_repeats} "
         "runs)", "")  # fmt: skip
     say(
-        f"The same chat mix with {due} due for each check (each tagged chat is one transaction; "
+        f"The same chat mix with {due} due for each check (each tagged chat is one chat write; "
         "the tags are removed again between runs). Chats are bulk-inserted as the adapter's "
         "documents; sizes are what the wire server builds in a few minutes.",
         "",
