@@ -249,10 +249,9 @@ _MIN_DATE = datetime(1, 1, 1, tzinfo=_UTC)
 """Lower bound of the partial indexes on optional dates (``$gte`` is the
 one operator every server can match a partial filter against)."""
 _RETRY_SECONDS = 30.0
-"""How long an operation keeps retrying after concurrent changes (a hot
-counter document under a burst) before it raises BackendError."""
-_SETTLE_SECONDS = 5.0
-_REPAIR_BATCH = 1000
+"""How long an operation keeps retrying after concurrent changes (many
+processes on one chat, or the rotation document of a MongoDB-only
+deployment under a burst) before it raises BackendError."""
 _INDEX_PREFIX = "smartchat_"
 
 _CHAT_FIELDS = (
@@ -1148,6 +1147,8 @@ class MongoChatStore(_MongoPort, ChatStore):
             else:
                 changed = {k: v for k, v in fields.items() if k not in raw.doc or raw.doc[k] != v}
                 if not changed:
+                    if raw.recalled:
+                        raise _Stale  # decided on memory: check against the server
                     return
                 update: Doc = {"$set": changed, "$inc": {"_v": 1}}
                 if "_pending" in raw.doc:  # left by a version that had markers

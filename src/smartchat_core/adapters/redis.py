@@ -265,6 +265,10 @@ class RedisConnection:
         exit_stack.callback(setattr, self, "_started", False)
 
 
+class _NeverRaised(Exception):
+    """Stands for an exception the installed driver does not have."""
+
+
 @functools.cache
 def _bounded_pool_class() -> type[Any]:
     """redis-py's plain ``ConnectionPool``, but a command that finds every
@@ -277,9 +281,13 @@ def _bounded_pool_class() -> type[Any]:
     exhausted.  Built on the pool's public methods (``can_get_connection``,
     ``get_connection``, ``release``).
     """
+    import redis.exceptions
     from redis.asyncio import ConnectionPool
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import MaxConnectionsError
+
+    redis_connection_error = redis.exceptions.ConnectionError
+    # redis-py >= 5.3 raises MaxConnectionsError when the pool is exhausted;
+    # older ones take the connection without an await after the check.
+    exhausted: type[BaseException] = getattr(redis.exceptions, "MaxConnectionsError", _NeverRaised)
 
     class BoundedConnectionPool(ConnectionPool):
         wait_timeout: float | None = 20.0
@@ -290,33 +298,44 @@ def _bounded_pool_class() -> type[Any]:
             self._waiting = 0
 
         async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            deadline = None
+            if self.wait_timeout is not None:
+                deadline = asyncio.get_running_loop().time() + self.wait_timeout
             while True:
                 if self.can_get_connection():
                     try:
-                        return await super().get_connection()  # type: ignore[no-untyped-call]
-                    except MaxConnectionsError:
+                        # (redis-py < 5.3 passes the command name along.)
+                        return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+                    except exhausted:
                         pass  # taken by another task meanwhile: wait
-                await self._wait()
+                await self._wait(deadline)
 
-        async def _wait(self) -> None:
+        async def _wait(self, deadline: float | None) -> None:
             if self._released is None:
                 self._released = asyncio.Condition()
+            timeout = None
+            if deadline is not None:
+                timeout = max(0.0, deadline - asyncio.get_running_loop().time())
             self._waiting += 1
             try:
                 async with self._released:
                     await asyncio.wait_for(
-                        self._released.wait_for(self.can_get_connection), self.wait_timeout
+                        self._released.wait_for(self.can_get_connection), timeout
                     )
             except asyncio.TimeoutError as error:
-                raise RedisConnectionError("No connection available.") from error
+                raise redis_connection_error("No connection available.") from error
             finally:
                 self._waiting -= 1
 
         async def release(self, connection: Any) -> None:
             await super().release(connection)
             if self._waiting and self._released is not None:
-                async with self._released:
-                    self._released.notify()
+                # Every waiter re-checks (one woken then cancelled must not
+                # swallow the wake-up); shielded so a cancelled release
+                # still wakes them.
+                with anyio.CancelScope(shield=True):
+                    async with self._released:
+                        self._released.notify_all()
 
     return BoundedConnectionPool
 

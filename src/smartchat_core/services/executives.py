@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Collection, Iterable, Sequence
+from contextlib import suppress
 
 import anyio
 import attrs
@@ -208,7 +209,12 @@ class ExecutiveService(Service):
         return result
 
     async def _assign(
-        self, chat: Chat, *, exclude: frozenset[str], expected_from: str | None = None
+        self,
+        chat: Chat,
+        *,
+        exclude: frozenset[str],
+        expected_from: str | None = None,
+        redrain: bool = True,
     ) -> Chat:
         """Walk the ring of the chat's type once, assigning to the first
         executive that is online, serves the type and has capacity.
@@ -230,6 +236,7 @@ class ExecutiveService(Service):
         seen: set[str] = set()
         rebuilt = False
         contended = 0
+        stepped_back = False
         while len(seen) < _MAX_RING_WALK:
             try:
                 candidate = await rotation.next(customer_type)
@@ -251,16 +258,27 @@ class ExecutiveService(Service):
                 continue
             if await self._known_full(candidate):
                 continue
-            result = await chats.assign(
-                chat.id, candidate, expected_from=expected_from, now=self.now()
-            )
-            if result.outcome is not AssignOutcome.ASSIGNED or result.chat is None:
-                # Someone else took or closed the chat: this pick assigned
-                # nothing, so the executive is next again (fair rotation).
-                await rotation.give_back(customer_type, candidate)
-                return result.chat if result.chat is not None else chat
-            assigned = result.chat
-            verdict = await self._check(candidate, customer_type, expected_from)
+            # The write, its check and its undo go together: a cancellation
+            # (or a failing check) must not leave an unchecked pick behind.
+            with anyio.CancelScope(shield=True):
+                result = await chats.assign(
+                    chat.id, candidate, expected_from=expected_from, now=self.now()
+                )
+                if result.outcome is not AssignOutcome.ASSIGNED or result.chat is None:
+                    # Someone else took or closed the chat: this pick assigned
+                    # nothing, so the executive is next again (fair rotation).
+                    await rotation.give_back(customer_type, candidate)
+                    return result.chat if result.chat is not None else chat
+                assigned = result.chat
+                previous = result.previous or chat
+                try:
+                    verdict = await self._check(candidate, customer_type, expected_from)
+                except BaseException:
+                    with suppress(BackendError):
+                        await chats.undo_assign(assigned, previous)
+                    raise
+                if verdict is not _Verdict.OK:
+                    undone = await chats.undo_assign(assigned, previous)
             if verdict is _Verdict.OK:
                 if expected_from is None:
                     await self.publish(events.chat_assigned(assigned, self.now()))
@@ -269,13 +287,13 @@ class ExecutiveService(Service):
                         events.chat_reassigned(assigned, expected_from, candidate, self.now())
                     )
                 return assigned
-            undone = await chats.undo_assign(assigned, result.previous or chat)
             if not undone.changed:
                 # Moved on meanwhile (released because the executive went
                 # offline, resolved, ...): whoever moved it owns it now.
                 return undone.chat if undone.chat is not None else assigned
+            stepped_back = True
             if verdict is _Verdict.GONE:
-                await rotation.remove(customer_type, candidate)
+                await self._drop_from_ring(customer_type, candidate)
             elif contended < _MAX_CONTENDED and await self._has_room(candidate):
                 # Over its limit only because another assignment raced us for
                 # its last slot, and both stepped back: try it again after a
@@ -284,8 +302,15 @@ class ExecutiveService(Service):
                 seen.discard(candidate)
                 await rotation.give_back(customer_type, candidate)
                 await anyio.sleep(random.uniform(0.0005, 0.005 * contended))
-                # Nobody available.
+        # Nobody available.
         if expected_from is None:
+            if stepped_back and redrain:
+                # While our pick stood the chat was out of the queue: a drain
+                # that ran meanwhile (a chat resolved, someone came online)
+                # could not see it.  Look at the queue once more.
+                await self._drain_type(customer_type, redrain=False)
+                current = await chats.get(chat.id)
+                return current if current is not None else chat
             return chat
         holder = await self.ports.executives.get(expected_from)
         if (
@@ -340,6 +365,19 @@ class ExecutiveService(Service):
         limit = None if executive is None else executive.max_open_chats
         self._capacity_hints[executive_id] = limit
         return limit is not None and held.open_chats >= limit
+
+    async def _drop_from_ring(self, customer_type: str, executive_id: str) -> None:
+        """Take an executive that failed the check out of the ring; if it
+        came back meanwhile (its status change added it before our remove),
+        put it back."""
+        await self.ports.rotation.remove(customer_type, executive_id)
+        latest = await self.ports.executives.get(executive_id)
+        if (
+            latest is not None
+            and latest.status is ExecutiveStatus.ONLINE
+            and customer_type in latest.customer_types
+        ):
+            await self.ports.rotation.add(customer_type, executive_id)
 
     async def _has_room(self, executive_id: str) -> bool:
         limit = self._capacity_hints.get(executive_id)
@@ -422,7 +460,7 @@ class ExecutiveService(Service):
             assigned.extend(await self._drain_type(customer_type))
         return assigned
 
-    async def _drain_type(self, customer_type: str) -> Sequence[Chat]:
+    async def _drain_type(self, customer_type: str, *, redrain: bool = True) -> Sequence[Chat]:
         assigned: list[Chat] = []
         while True:
             waiting = await self.ports.chats.waiting(customer_type, limit=_DRAIN_BATCH)
@@ -431,7 +469,7 @@ class ExecutiveService(Service):
             progressed = False
             exhausted = len(waiting) < _DRAIN_BATCH
             for chat in waiting:
-                result = await self._assign(chat, exclude=frozenset())
+                result = await self._assign(chat, exclude=frozenset(), redrain=redrain)
                 if result.assigned_executive_id is not None and result.is_open:
                     if result.assigned_executive_id != chat.assigned_executive_id:
                         assigned.append(result)
