@@ -750,6 +750,27 @@ class _MongoPort:
         """Create this port's indexes (idempotent)."""
 
 
+class _OneCollectionPort(_MongoPort):
+    """A port over one collection: ``collection``, or the class's
+    ``default_collection`` when it is ``None``."""
+
+    default_collection: str
+
+    def __init__(
+        self,
+        connection: MongoConnection,
+        *,
+        collection: str | None = None,
+        ensure_indexes: bool = True,
+    ) -> None:
+        super().__init__(connection, ensure_indexes=ensure_indexes)
+        self.collection = collection or self.default_collection
+
+    @property
+    def _c(self) -> _Coll:
+        return self._coll(self.collection)
+
+
 # ------------------------------------------------------------------------- chats
 
 
@@ -1367,24 +1388,12 @@ def _executive_from_doc(doc: Mapping[str, Any]) -> Executive:
     )
 
 
-class MongoExecutiveStore(_MongoPort, ExecutiveStore):
+class MongoExecutiveStore(_OneCollectionPort, ExecutiveStore):
     """Executives (``Settings.executives_collection``): ``_id``, ``name``,
     ``customer_types`` (array), ``status``, ``last_active_at``,
     ``max_open_chats``; written by compare-and-set on ``_v``."""
 
-    def __init__(
-        self,
-        connection: MongoConnection,
-        *,
-        collection: str = "v2_executives",
-        ensure_indexes: bool = True,
-    ) -> None:
-        super().__init__(connection, ensure_indexes=ensure_indexes)
-        self.collection = collection
-
-    @property
-    def _c(self) -> _Coll:
-        return self._coll(self.collection)
+    default_collection = "v2_executives"
 
     @_translated
     async def ensure_indexes(self) -> None:
@@ -1523,7 +1532,7 @@ class MongoExecutiveStore(_MongoPort, ExecutiveStore):
 # ------------------------------------------------------------------------ rotation
 
 
-class MongoRotation(_MongoPort, Rotation):
+class MongoRotation(_OneCollectionPort, Rotation):
     """One document per customer type: ``{_id: type, members: [...], cursor,
     v}``.  The ring is ``members`` rotated left by ``cursor``; :meth:`next` is
     one ``find_one_and_update`` (``$inc`` of the cursor; the head is the
@@ -1531,19 +1540,7 @@ class MongoRotation(_MongoPort, Rotation):
     the ring head first (cursor 0) by compare-and-set on ``v`` and ``cursor``.
     """
 
-    def __init__(
-        self,
-        connection: MongoConnection,
-        *,
-        collection: str = DEFAULT_ROTATION_COLLECTION,
-        ensure_indexes: bool = True,
-    ) -> None:
-        super().__init__(connection, ensure_indexes=ensure_indexes)
-        self.collection = collection
-
-    @property
-    def _c(self) -> _Coll:
-        return self._coll(self.collection)
+    default_collection = DEFAULT_ROTATION_COLLECTION
 
     @staticmethod
     def _ring(doc: Mapping[str, Any] | None) -> list[str]:
@@ -1644,13 +1641,20 @@ class MongoRotation(_MongoPort, Rotation):
 # --------------------------------------------------------------------- dedup, lock
 
 
-class _Leases(_MongoPort):
+class _Leases(_OneCollectionPort):
     """Documents ``{_id: key, token, expires_at, purge_at}``.
 
     Expiry is decided on the clock port (``expires_at``); a TTL index on
     ``purge_at`` (wall clock, ``purge_margin`` after the expiry) only removes
     old documents, so virtual time in tests and simulations is never cut
     short by the server's TTL monitor.
+
+    Args:
+        connection: the shared :class:`MongoConnection`.
+        clock: the desk's clock (expiry is decided on it).
+        collection: the collection; ``None``: the adapter's default.
+        purge_margin: how long after expiry the TTL index removes a document.
+        ensure_indexes: create the TTL index in ``start``.
     """
 
     def __init__(
@@ -1658,18 +1662,13 @@ class _Leases(_MongoPort):
         connection: MongoConnection,
         *,
         clock: Clock,
-        collection: str,
+        collection: str | None = None,
         purge_margin: timedelta = timedelta(hours=1),
         ensure_indexes: bool = True,
     ) -> None:
-        super().__init__(connection, ensure_indexes=ensure_indexes)
+        super().__init__(connection, collection=collection, ensure_indexes=ensure_indexes)
         self.clock = clock
-        self.collection = collection
         self.purge_margin = purge_margin
-
-    @property
-    def _c(self) -> _Coll:
-        return self._coll(self.collection)
 
     @_translated
     async def ensure_indexes(self) -> None:
@@ -1698,22 +1697,7 @@ class _Leases(_MongoPort):
 class MongoAlertDedup(_Leases, AlertDedup):
     """SLA alert dedup keys: a claim is one upsert-if-expired."""
 
-    def __init__(
-        self,
-        connection: MongoConnection,
-        *,
-        clock: Clock,
-        collection: str = DEFAULT_DEDUP_COLLECTION,
-        purge_margin: timedelta = timedelta(hours=1),
-        ensure_indexes: bool = True,
-    ) -> None:
-        super().__init__(
-            connection,
-            clock=clock,
-            collection=collection,
-            purge_margin=purge_margin,
-            ensure_indexes=ensure_indexes,
-        )
+    default_collection = DEFAULT_DEDUP_COLLECTION
 
     @_translated
     async def claim(self, key: str, ttl: timedelta) -> bool:
@@ -1728,22 +1712,7 @@ class MongoLock(_Leases, Lock):
     """Named leases: acquire is one upsert-if-expired, release deletes only
     the holder's unexpired lease."""
 
-    def __init__(
-        self,
-        connection: MongoConnection,
-        *,
-        clock: Clock,
-        collection: str = DEFAULT_LOCKS_COLLECTION,
-        purge_margin: timedelta = timedelta(hours=1),
-        ensure_indexes: bool = True,
-    ) -> None:
-        super().__init__(
-            connection,
-            clock=clock,
-            collection=collection,
-            purge_margin=purge_margin,
-            ensure_indexes=ensure_indexes,
-        )
+    default_collection = DEFAULT_LOCKS_COLLECTION
 
     @_translated
     async def acquire(self, name: str, token: str, ttl: timedelta) -> bool:
@@ -1780,23 +1749,11 @@ def _rating_from_doc(doc: Mapping[str, Any]) -> Rating:
     )
 
 
-class MongoRatingStore(_MongoPort, RatingStore):
+class MongoRatingStore(_OneCollectionPort, RatingStore):
     """Ratings (``Settings.ratings_collection``, seed: ``v2_chat_ratings``);
     a unique index on (chat_id, resolved_at) makes ``add`` atomic."""
 
-    def __init__(
-        self,
-        connection: MongoConnection,
-        *,
-        collection: str = "v2_chat_ratings",
-        ensure_indexes: bool = True,
-    ) -> None:
-        super().__init__(connection, ensure_indexes=ensure_indexes)
-        self.collection = collection
-
-    @property
-    def _c(self) -> _Coll:
-        return self._coll(self.collection)
+    default_collection = "v2_chat_ratings"
 
     @_translated
     async def ensure_indexes(self) -> None:
@@ -1844,22 +1801,10 @@ def _entry_from_doc(doc: Mapping[str, Any]) -> ResolutionEntry:
     )
 
 
-class MongoResolutionLog(_MongoPort, ResolutionLog):
+class MongoResolutionLog(_OneCollectionPort, ResolutionLog):
     """The resolve log (``Settings.resolutions_collection``), newest first."""
 
-    def __init__(
-        self,
-        connection: MongoConnection,
-        *,
-        collection: str = "v2_chat_resolve_log",
-        ensure_indexes: bool = True,
-    ) -> None:
-        super().__init__(connection, ensure_indexes=ensure_indexes)
-        self.collection = collection
-
-    @property
-    def _c(self) -> _Coll:
-        return self._coll(self.collection)
+    default_collection = "v2_chat_resolve_log"
 
     @_translated
     async def ensure_indexes(self) -> None:
