@@ -25,15 +25,25 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
+from app_helpers import (
+    E1,
+    E2,
+    SECRET,
+    SUP,
+    TOKENS,
+    VERIFY,
+    app_settings,
+    auth,
+    signed,
+    webhook_payload,
+)
 from smartchat_core import (
     Actor,
     ConflictError,
-    Settings,
-    SlaTier,
     SmartChat,
 )
 from smartchat_core.testing import ManualClock, RecordingPublisher, RecordingSender
-from smartchat_core.whatsapp import SIGNATURE_HEADER, WhatsAppCloudSender, sign_body
+from smartchat_core.whatsapp import SIGNATURE_HEADER, WhatsAppCloudSender
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # examples/ is not installed: import it from the checkout
@@ -48,56 +58,11 @@ from examples.flask_app.app import (  # noqa: E402
     get_host,
 )
 
-SECRET = "test-app-secret"
-VERIFY = "test-verify-token"
-SUP, E1, E2 = "sup-token", "e1-token", "e2-token"
-TOKENS = {SUP: Actor.supervisor("lead"), E1: Actor.executive("e1"), E2: Actor.executive("e2")}
 KEEPALIVE = 0.05
 """Seconds between keep-alive comments in tests: every read of a stream
 returns within it, so a reading loop can keep to its deadline."""
 WAIT = 10.0
 """The longest any test waits for something another thread does."""
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def app_settings() -> Settings:
-    return Settings(
-        sla_tiers=(SlaTier("alert", after=timedelta(minutes=3), recipient="+910000000001"),),
-        inactivity_timeout=timedelta(hours=8),
-        rating_secret="test-rating-secret",
-    )
-
-
-def webhook_payload(
-    text: str = "hi, my order is late",
-    *,
-    customer: str = "919800000001",
-    name: str = "Ravi",
-    message_id: str = "wamid.1",
-) -> dict[str, Any]:
-    value = {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550000000", "phone_number_id": "123"},
-        "contacts": [{"profile": {"name": name}, "wa_id": customer}],
-        "messages": [
-            {
-                "from": customer,
-                "id": message_id,
-                "timestamp": "1767225600",
-                "type": "text",
-                "text": {"body": text},
-            }
-        ],
-    }
-    change = {"field": "messages", "value": value}
-    return {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [change]}]}
-
-
-def signed(body: bytes, secret: str = SECRET) -> dict[str, str]:
-    return {SIGNATURE_HEADER: sign_body(secret, body), "Content-Type": "application/json"}
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
