@@ -903,7 +903,7 @@ class MongoChatStore(_MongoPort, ChatStore):
         self.awaiting_tag = awaiting_tag
         self.chats_collection = chats_collection
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, Doc] = OrderedDict()
+        self._cache: OrderedDict[str, _Raw] = OrderedDict()
 
     @property
     def _chats(self) -> _Coll:
@@ -1117,13 +1117,15 @@ class MongoChatStore(_MongoPort, ChatStore):
         }
 
     # ------------------------------------------------------------ write engine
-    def _remember(self, doc: Doc | None) -> _Raw:
-        """The model of ``doc``, remembered as this process last saw it."""
+    def _remember(self, doc: Doc | None, chat: Chat | None = None) -> _Raw:
+        """The model of ``doc`` (``chat`` when the caller has it already),
+        remembered as this process last saw it."""
         if doc is None:
             return _Raw(None, None)
-        chat = _chat_from_doc(doc)
+        if chat is None:
+            chat = _chat_from_doc(doc)
         if self.cache_size:
-            self._cache[chat.id] = doc
+            self._cache[chat.id] = _Raw(doc, chat, recalled=True)
             self._cache.move_to_end(chat.id)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
@@ -1132,9 +1134,9 @@ class MongoChatStore(_MongoPort, ChatStore):
     async def _read(self, chat_id: str, *, fresh: bool) -> _Raw:
         """A chat to write against: as remembered, unless ``fresh``."""
         if not fresh:
-            doc = self._cache.get(chat_id)
-            if doc is not None:
-                return _Raw(doc, _chat_from_doc(doc), recalled=True)
+            remembered = self._cache.get(chat_id)
+            if remembered is not None:
+                return remembered
         return self._remember(await self._chats.find_one({"_id": _id_filter(chat_id)}))
 
     async def _run(self, attempt: Callable[[bool], Awaitable[T]]) -> T:
@@ -1184,7 +1186,7 @@ class MongoChatStore(_MongoPort, ChatStore):
         except BaseException:
             self._cache.pop(new.id, None)
             raise
-        self._remember(doc)
+        self._remember(doc, new)
 
     # ------------------------------------------------------------------ writes
     @_translated
