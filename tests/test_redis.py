@@ -975,7 +975,8 @@ async def test_a_desk_pool_waits_for_a_free_connection(redis_server: RedisServer
         client = connection.client
         blocked = f"pool-{uuid.uuid4().hex}"
         holder = asyncio.ensure_future(client.blpop([blocked], 2))  # the only connection
-        await asyncio.sleep(0.05)
+        while not client.connection_pool._in_use_connections:  # noqa: ASYNC110 - state of the pool
+            await asyncio.sleep(0)  # until BLPOP holds it
         with pytest.raises(RedisConnectionError, match="No connection available"):
             await client.get(blocked)
         await client.rpush(blocked, "x") if holder.done() else None
