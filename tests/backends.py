@@ -10,7 +10,8 @@ machine run over every entry.
 * ``mongodb-only``: the wire server alone (rotation, dedup and leases in
   MongoDB too; events in-process) — a mixed setup;
 * ``memory+redis``: chats in memory, rotation/dedup/leases/events on the real
-  ``redis-server`` — the other mixed setup.
+  ``redis-server`` through a URL (the client the adapters build themselves,
+  as in production) — the other mixed setup.
 
 The server entries are built inside fixtures (the servers' addresses are
 known only then); see :func:`backend_for`.
@@ -43,14 +44,12 @@ def backend_for(name: str, request: pytest.FixtureRequest) -> Backend:
     if name == "mongomock+fakeredis":
         return _mongomock_fakeredis(request.getfixturevalue("fake_redis_server"))
     if name == "memory+redis":
-        from redis.asyncio import BlockingConnectionPool, Redis
-
         from redis_server import redis_backend
 
-        url = request.getfixturevalue("redis_server").url
-        return redis_backend(
-            "memory+redis", lambda: Redis.from_pool(BlockingConnectionPool.from_url(url))
-        )
+        # From the URL, as AsyncSmartChat.from_urls builds it (its own pool
+        # and the lane of RedisConnection); the mongodb+redis entry covers a
+        # ready-made client.
+        return redis_backend("memory+redis", request.getfixturevalue("redis_server").url)
     mongo_url: str = request.getfixturevalue("mongo_url")
     database: str = request.getfixturevalue("mongo_database")
     if name == "mongodb-only":

@@ -254,19 +254,21 @@ def unique_prefix(label: str = "t") -> str:
     return f"sc-{label}-{uuid.uuid4().hex[:12]}"
 
 
-def redis_backend(name: str, make_client: Callable[[], Redis]) -> Backend:
+def redis_backend(name: str, make_client: Callable[[], Redis] | str) -> Backend:
     """A backend-table entry: chats and executives in memory, rotation,
     dedup, lock and (unless the test brings one) publisher on Redis, with a
     fresh key prefix per :class:`Ports`.  ``make_client`` gives a new client
-    per Ports (closed when they are done).  Ports from one entry share state
-    through the server only for the Redis ports (``multi_process`` False)."""
+    per Ports (closed when they are done), or is a URL: the ports then build
+    their own client, as ``AsyncSmartChat.from_urls`` does (and the desk's
+    exit closes it).  Ports from one entry share state through the server
+    only for the Redis ports (``multi_process`` False)."""
     from smartchat_core.adapters.redis import redis_ports
 
     @asynccontextmanager
     async def factory(
         settings: Settings, clock: Clock, sender: MessageSender, publisher: EventPublisher | None
     ) -> AsyncIterator[Ports]:
-        client = make_client()
+        client: Redis | str = make_client if isinstance(make_client, str) else make_client()
         try:
             prefix = unique_prefix()
             ports = redis_ports(
@@ -277,6 +279,7 @@ def redis_backend(name: str, make_client: Callable[[], Redis]) -> Backend:
                 changes["publisher"] = publisher
             yield attrs.evolve(memory_ports(settings, clock, sender), **changes)
         finally:
-            await client.aclose()
+            if not isinstance(client, str):
+                await client.aclose()
 
     return Backend(name, factory, asyncio_only=True)

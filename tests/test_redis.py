@@ -22,9 +22,9 @@ import anyio.lowlevel
 import attrs
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from redis_server import RedisServer, fake_client, unique_prefix
 from smartchat_core import (
@@ -69,8 +69,9 @@ def anyio_backend() -> str:
 
 def _real_client(url: str, **options: Any) -> Redis:
     # One quick retry (a pooled connection may be stale after a restart),
-    # no backoff: a stopped server fails fast.
-    options.setdefault("retry", Retry(NoBackoff(), 1))
+    # no backoff: a stopped server fails fast.  (The asyncio Retry: the
+    # synchronous one is accepted by the asyncio client but retries nothing.)
+    options.setdefault("retry", AsyncRetry(NoBackoff(), 1))
     options.setdefault("socket_connect_timeout", 5)
     options.setdefault("socket_timeout", 5)
     pool = BlockingConnectionPool.from_url(url, max_connections=20, timeout=GUARD, **options)
@@ -644,7 +645,7 @@ async def test_driver_failures_are_backend_errors() -> None:
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    client = _real_client(f"redis://127.0.0.1:{port}/0", retry=Retry(NoBackoff(), 0))
+    client = _real_client(f"redis://127.0.0.1:{port}/0", retry=AsyncRetry(NoBackoff(), 0))
     try:
         ports = redis_ports(client, settings=Settings(), clock=ManualClock(T0))
         calls: list[Callable[[], Any]] = [
@@ -981,3 +982,156 @@ async def test_a_desk_pool_waits_for_a_free_connection(redis_server: RedisServer
             await client.get(blocked)
         await client.rpush(blocked, "x") if holder.done() else None
         holder.cancel()
+
+
+# ------------------------------------------------------------- the hot lane
+
+
+async def _clients_named(admin: Redis, name: str) -> list[dict[str, Any]]:
+    return [c for c in await admin.client_list() if c.get("name") == name]
+
+
+async def _until_blocked(admin: Redis, name: str, count: int) -> None:
+    """Wait until ``count`` connections named ``name`` block in BLPOP."""
+    with anyio.fail_after(GUARD):
+        while True:
+            blocked = [c for c in await _clients_named(admin, name) if c.get("cmd") == "blpop"]
+            if len(blocked) >= count:
+                return
+            await anyio.sleep(0.01)
+
+
+async def test_the_lane_reconnects_after_its_connections_are_killed(
+    redis_server: RedisServer,
+) -> None:
+    """A desk built from a URL sends the rotation's LMOVE on connections of
+    its own (the lane); killed by the server, they reconnect under the retry
+    policy given for the client (here one retry), and the ring stays exact."""
+    name = f"lane-{uuid.uuid4().hex[:8]}"
+    admin = _real_client(redis_server.url)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(admin.aclose)
+        connection = RedisConnection(
+            redis_server.url, client_name=name, retry=AsyncRetry(NoBackoff(), 1)
+        )
+        await connection.start(stack)
+        rotation = RedisRotation(connection, prefix=unique_prefix("lane"))
+        await rotation.replace("retail", ["a", "b", "c"])
+        assert [await rotation.next("retail") for _ in range(4)] == ["a", "b", "c", "a"]
+        assert any(c.get("cmd") == "lmove" for c in await _clients_named(admin, name))
+        killed = await admin.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        assert [await rotation.next("retail") for _ in range(3)] == ["b", "c", "a"]
+        assert await rotation.members("retail") == ["b", "c", "a"]
+
+        # Without retries (redis-py's default here) the command that meets
+        # the dead connection fails as a BackendError, and the next one
+        # reconnects: as the client's own commands do.
+        bare = RedisConnection(redis_server.url, client_name=name, retry=AsyncRetry(NoBackoff(), 0))
+        await bare.start(stack)
+        ring = RedisRotation(bare, prefix=rotation.keys.prefix)
+        assert await ring.next("retail") == "b"
+        await admin.client_kill_filter(_type="normal", skipme=True)
+        with pytest.raises(BackendError, match="rotation next"):
+            await ring.next("retail")
+        assert await ring.next("retail") == "c"
+
+
+async def test_a_cancelled_lane_command_leaves_no_reply_behind(redis_server: RedisServer) -> None:
+    """A command cancelled while waiting for its reply: the connection is
+    dropped (redis-py disconnects it), so the next command on the lane reads
+    its own reply, never the late one; the cancelled BLPOP took nothing."""
+    name = f"lane-{uuid.uuid4().hex[:8]}"
+    admin = _real_client(redis_server.url)
+    key = f"lane-{uuid.uuid4().hex}"
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(admin.aclose)
+        connection = RedisConnection(redis_server.url, client_name=name)
+        await connection.start(stack)
+        async with anyio.create_task_group() as group:
+
+            async def blocked() -> None:
+                await connection.command("BLPOP", key, 0)
+                raise AssertionError("the BLPOP was not cancelled")
+
+            group.start_soon(blocked)
+            await _until_blocked(admin, name, 1)
+            group.cancel_scope.cancel()
+        await admin.rpush(key, "kept")
+        assert await connection.command("ECHO", "mine") == b"mine"
+        assert await connection.command("LRANGE", key, 0, -1) == [b"kept"]
+
+
+async def test_the_lane_is_bounded_and_the_rest_use_the_pool(redis_server: RedisServer) -> None:
+    """More concurrent commands than lane connections: the extra ones go
+    through the client's pool; every command gets its own reply, and the
+    lane's connections are closed with the desk."""
+    from smartchat_core.adapters import redis as redis_adapter
+
+    name = f"lane-{uuid.uuid4().hex[:8]}"
+    admin = _real_client(redis_server.url)
+    keys = [f"lane-{uuid.uuid4().hex}" for _ in range(redis_adapter._LANE_SIZE + 3)]
+    async with AsyncExitStack() as outer:
+        outer.push_async_callback(admin.aclose)
+        async with AsyncExitStack() as stack:
+            connection = RedisConnection(redis_server.url, client_name=name)
+            await connection.start(stack)
+            replies: dict[str, Any] = {}
+            async with anyio.create_task_group() as group:
+                for key in keys:
+
+                    async def pop(key: str = key) -> None:
+                        replies[key] = await connection.command("BLPOP", key, 0)
+
+                    group.start_soon(pop)
+                await _until_blocked(admin, name, len(keys))
+                for key in keys:
+                    await admin.rpush(key, key.encode())
+            # (raw replies, lane or pool: no response callback on either)
+            assert replies == {key: [key.encode(), key.encode()] for key in keys}
+            lane = connection._lane
+            assert lane is not None and len(lane._made) == redis_adapter._LANE_SIZE
+        assert await _clients_named(admin, name) == []  # the lane and the pool closed
+
+
+async def test_a_ready_made_client_is_used_as_it_is(redis_server: RedisServer) -> None:
+    """No lane for a client the caller built: its pool is the only one."""
+    client = _real_client(redis_server.url)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        connection = RedisConnection(client)
+        await connection.start(stack)
+        assert await connection.command("ECHO", "x") == b"x"
+        assert connection._lane is None
+
+
+# ------------------------------------------------------- publisher batching
+
+
+async def test_flush_does_not_wait_for_the_batch_delay(clients: Clients) -> None:
+    """A flush cuts the sender's gathering short (batch_delay is a minute
+    here, far beyond the guard)."""
+    publisher = RedisEventPublisher(clients.new(), prefix=unique_prefix("hurry"), batch_delay=60)
+    async with AsyncExitStack() as stack:
+        await publisher.start(stack)
+        for n in range(3):
+            await publisher.publish(_event("e", "dashboard", n=n))
+        await anyio.lowlevel.checkpoint()  # the sender starts gathering
+        await _flush(publisher)
+        assert (publisher.sent, publisher.batches) == (3, 1)
+
+
+async def test_a_full_batch_goes_out_without_waiting(clients: Clients) -> None:
+    """``batch_size`` events queued end the gathering at once."""
+    prefix = unique_prefix("full")
+    publisher = RedisEventPublisher(clients.new(), prefix=prefix, batch_size=5, batch_delay=60)
+    receiver = RedisEventPublisher(clients.new(), prefix=prefix)
+    async with AsyncExitStack() as stack:
+        for started in (receiver, publisher):
+            await started.start(stack)
+        async with receiver.subscribe({"dashboard"}) as events:
+            for n in range(5):
+                await publisher.publish(_event("e", "dashboard", n=n))
+                await anyio.lowlevel.checkpoint()
+            assert [(await _next(events)).payload["n"] for _ in range(5)] == list(range(5))
+            assert publisher.batches == 1

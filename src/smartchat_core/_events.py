@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from ._convert import to_json
+from ._convert import isoformat, to_json
 from ._models import Chat, Executive, ExecutiveStatus, Rating
 
 __all__ = [
@@ -78,7 +78,7 @@ class Event:
         return {
             "event": self.name,
             "rooms": sorted(self.rooms),
-            "occurred_at": self.occurred_at.isoformat(),
+            "occurred_at": isoformat(self.occurred_at),
             "payload": self.payload,
         }
 

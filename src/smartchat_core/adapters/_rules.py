@@ -92,13 +92,41 @@ def outgoing(old: Chat | None, *, executive_id: str, preview: str, now: datetime
     )
 
 
+def with_holder(
+    old: Chat, executive_id: str | None, assigned_at: datetime | None, queued_at: datetime | None
+) -> Chat:
+    """``attrs.evolve(old, assigned_executive_id=..., assigned_at=...,
+    queued_at=...)`` written out: the assignment path makes one per pick and
+    ``evolve`` costs twice this.  ``tests/test_convert.py`` checks it keeps
+    every other field (a new field of :class:`Chat` fails that test)."""
+    return Chat(
+        id=old.id,
+        customer_id=old.customer_id,
+        customer_name=old.customer_name,
+        customer_type=old.customer_type,
+        created_at=old.created_at,
+        opened_at=old.opened_at,
+        last_incoming_message=old.last_incoming_message,
+        last_outgoing_message=old.last_outgoing_message,
+        last_interaction_by=old.last_interaction_by,
+        last_message=old.last_message,
+        last_activity_at=old.last_activity_at,
+        is_resolved=old.is_resolved,
+        resolved_at=old.resolved_at,
+        tags=old.tags,
+        assigned_executive_id=executive_id,
+        assigned_at=assigned_at,
+        queued_at=queued_at,
+    )
+
+
 def assigned(
     old: Chat | None, executive_id: str, *, expected_from: str | None, now: datetime
 ) -> Chat | None:
     """Assignment of an open chat held by ``expected_from``."""
     if old is None or old.is_resolved or old.assigned_executive_id != expected_from:
         return None
-    return attrs.evolve(old, assigned_executive_id=executive_id, assigned_at=now, queued_at=None)
+    return with_holder(old, executive_id, now, None)
 
 
 def unassigned_back(old: Chat | None, assigned: Chat, previous: Chat) -> Chat | None:
@@ -111,11 +139,8 @@ def unassigned_back(old: Chat | None, assigned: Chat, previous: Chat) -> Chat | 
         or old.assigned_at != assigned.assigned_at
     ):
         return None
-    return attrs.evolve(
-        old,
-        assigned_executive_id=previous.assigned_executive_id,
-        assigned_at=previous.assigned_at,
-        queued_at=previous.queued_at,
+    return with_holder(
+        old, previous.assigned_executive_id, previous.assigned_at, previous.queued_at
     )
 
 
@@ -123,7 +148,7 @@ def unassigned(old: Chat | None, *, expected_from: str, now: datetime) -> Chat |
     """Back to the waiting queue from ``expected_from``."""
     if old is None or old.is_resolved or old.assigned_executive_id != expected_from:
         return None
-    return attrs.evolve(old, assigned_executive_id=None, assigned_at=None, queued_at=now)
+    return with_holder(old, None, None, now)
 
 
 def retagged(old: Chat | None, tag: str, *, add: bool) -> Chat | None:

@@ -168,18 +168,22 @@ class MemoryChatStore(ChatStore):
             entries.append((self._sla, (_ts(chat.last_incoming_message), chat.id)))
         elif chat.last_interaction_by is Interlocutor.EXECUTIVE and not self._awaiting(chat):
             entries.append((self._awaiting_due, (_ts(chat.last_outgoing_message), chat.id)))
+        entries.append(self._holder_entry(chat))
+        return entries
+
+    def _holder_entry(self, chat: Chat) -> tuple[SortedList, tuple[float, str]]:
+        """An open chat's entry in the waiting queue of its type, or in the
+        open chats of its executive."""
         executive_id = chat.assigned_executive_id
         if executive_id is None:
             queue = self._waiting.get(chat.customer_type)
             if queue is None:
                 queue = self._waiting[chat.customer_type] = SortedList()
-            entries.append((queue, (_ts(chat.queued_at), chat.id)))
-        else:
-            mine = self._open_by_executive.get(executive_id)
-            if mine is None:
-                mine = self._open_by_executive[executive_id] = SortedList()
-            entries.append((mine, (_ts(chat.assigned_at), chat.id)))
-        return entries
+            return queue, (_ts(chat.queued_at), chat.id)
+        mine = self._open_by_executive.get(executive_id)
+        if mine is None:
+            mine = self._open_by_executive[executive_id] = SortedList()
+        return mine, (_ts(chat.assigned_at), chat.id)
 
     def _count(self, chat: Chat, sign: int) -> None:
         """Move the counters of an open chat by ``sign``."""
@@ -231,6 +235,24 @@ class MemoryChatStore(ChatStore):
             self._count(new, 1)
         self._chats[new.id] = new
         self._by_customer[new.customer_id] = new.id
+        return new
+
+    def _put_holder(self, old: Chat, new: Chat) -> Chat:
+        """:meth:`_put` for a change of an open chat's assignment fields only
+        (``assigned_executive_id``, ``assigned_at``, ``queued_at``), as
+        assign, unassign and undo make: the chat changes its assignee
+        listing and its queue / executive entry, nothing else moves."""
+        self._apply_listing(old, (("assignee", old.assigned_executive_id or UNASSIGNED),), -1,
+                            all_=False)  # fmt: skip
+        self._apply_listing(new, (("assignee", new.assigned_executive_id or UNASSIGNED),), 1,
+                            all_=False)  # fmt: skip
+        index, entry = self._holder_entry(old)
+        index.remove(entry)
+        index, entry = self._holder_entry(new)
+        index.add(entry)
+        self._count(old, -1)
+        self._count(new, 1)
+        self._chats[new.id] = new
         return new
 
     # ------------------------------------------------------------------- reads
@@ -363,17 +385,22 @@ class MemoryChatStore(ChatStore):
     ) -> AssignResult:
         old = self._chats.get(chat_id)
         new = rules.assigned(old, executive_id, expected_from=expected_from, now=now)
-        if new is None:
+        if new is None or old is None:
             return AssignResult(AssignOutcome.CHAT_CHANGED, old)
-        return AssignResult(AssignOutcome.ASSIGNED, self._put(old, new), old)
+        return AssignResult(AssignOutcome.ASSIGNED, self._put_holder(old, new), old)
+
+    def _holder_change(self, old: Chat | None, new: Chat | None) -> ChatChange:
+        if new is None or old is None:
+            return ChatChange(old, False)
+        return ChatChange(self._put_holder(old, new), True)
 
     async def undo_assign(self, assigned: Chat, previous: Chat) -> ChatChange:
         old = self._chats.get(assigned.id)
-        return self._change(old, rules.unassigned_back(old, assigned, previous))
+        return self._holder_change(old, rules.unassigned_back(old, assigned, previous))
 
     async def unassign(self, chat_id: str, *, expected_from: str, now: datetime) -> ChatChange:
         old = self._chats.get(chat_id)
-        return self._change(old, rules.unassigned(old, expected_from=expected_from, now=now))
+        return self._holder_change(old, rules.unassigned(old, expected_from=expected_from, now=now))
 
     async def add_tag(self, chat_id: str, tag: str) -> ChatChange:
         old = self._chats.get(chat_id)

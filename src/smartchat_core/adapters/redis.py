@@ -41,7 +41,10 @@ Operations:
   old head), atomic on the server: concurrent callers in any number of
   processes get a strict rotation.  ``add`` is a script (``LPOS`` then
   ``RPUSH``, keeping a member's place), ``remove`` is ``LREM``, ``members``
-  ``LRANGE``, ``replace`` a script (``DEL`` + ``RPUSH``).  A ring that Redis
+  ``LRANGE``, ``replace`` a script (``DEL`` + ``RPUSH``).  On a client built
+  from a URL, ``LMOVE`` and the publisher's batches go on a few connections
+  of their own, past redis-py's client and pool bookkeeping
+  (:meth:`RedisConnection.command`).  A ring that Redis
   lost (restart without persistence, failover) reads as empty and the
   executive service rebuilds it from the executive store.
 * ``AlertDedup.claim`` is ``SET key 1 NX PX ttl``; ``Lock.acquire`` is
@@ -73,6 +76,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import json
 import logging
 import uuid
@@ -83,6 +87,7 @@ from contextlib import (
     AsyncExitStack,
     asynccontextmanager,
     contextmanager,
+    suppress,
 )
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -123,14 +128,19 @@ _GC_GRACE = timedelta(hours=1)
 """Extra Redis TTL of clock-driven keys (the clock decides, Redis collects)."""
 
 
+@functools.cache
+def _redis_error() -> type[Exception]:
+    from redis.exceptions import RedisError
+
+    return RedisError
+
+
 @contextmanager
 def _backend_errors(what: str) -> Iterator[None]:
     """Translate driver failures into :class:`BackendError`."""
-    from redis.exceptions import RedisError
-
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except (_redis_error(), OSError) as exc:
         raise BackendError(f"Redis {what} failed: {exc}") from exc
 
 
@@ -228,6 +238,7 @@ class RedisConnection:
         self._max_connections = max_connections
         self._pool_timeout = pool_timeout
         self._started = False
+        self._lane: _Lane | None = None
 
     @property
     def client(self) -> Redis:
@@ -253,16 +264,106 @@ class RedisConnection:
             pool.wait_timeout = self._pool_timeout
             client = Redis.from_pool(pool)
             self._client = client
+            lane = self._lane = _Lane(pool, min(_LANE_SIZE, self._max_connections))
 
             async def close() -> None:
-                self._client = None
-                await client.aclose()
+                self._client = self._lane = None
+                try:
+                    await lane.close()
+                finally:
+                    await client.aclose()
 
             exit_stack.push_async_callback(close)
         with _backend_errors("PING"):
             await self.client.ping()
         self._started = True
         exit_stack.callback(setattr, self, "_started", False)
+
+    async def command(self, *args: Any) -> Any:
+        """One command of the hot path (the rotation's ``LMOVE``, the
+        publisher's batches), for commands whose reply redis-py passes
+        through unchanged (no response callback).
+
+        On a client built from a URL it goes on one of a few connections of
+        this object's own (see :class:`_Lane`), past the client's and the
+        pool's bookkeeping, or, every lane connection being busy, on a
+        connection of the pool; a ready-made client (cluster or not) runs
+        it with ``execute_command``.  Driver errors are raised as they are
+        (callers translate them to :class:`BackendError`).
+        """
+        lane = self._lane
+        if lane is None:
+            return await self.client.execute_command(*args)  # type: ignore[no-untyped-call]
+        connection = lane.take()
+        if connection is not None:
+            try:
+                return await _command_on(connection, args)
+            finally:
+                lane.give(connection)
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            return await _command_on(connection, args)
+        finally:
+            await pool.release(connection)
+
+
+_LANE_SIZE = 4
+"""Connections of a :class:`_Lane` at most."""
+
+
+async def _command_on(connection: Any, args: Sequence[Any]) -> Any:
+    """Send one command on a connection and read its reply, under the
+    connection's retry policy (as ``Redis.execute_command`` does)."""
+    return await connection.retry.call_with_retry(
+        lambda: _round_trip(connection, args), lambda _error: connection.disconnect()
+    )
+
+
+async def _round_trip(connection: Any, args: Sequence[Any]) -> Any:
+    await connection.send_command(*args)
+    return await connection.read_response()
+
+
+class _Lane:
+    """A few connections for the hottest command, used one command at a time.
+
+    redis-py's ``Redis.execute_command`` costs some 20 to 40 µs of CPU around
+    each round trip (the pool's lock, observability hooks, a retry wrapper
+    per command): as much as a third of an ``LMOVE``.  Here a command takes
+    a free connection from a list, sends, reads and puts it back.  The
+    connections are made by the client's pool (``make_connection``: same
+    address, credentials, TLS, timeouts and retry policy) but are not in it;
+    at most ``size`` exist, created on demand.  A connection a failure or a
+    cancellation left half-used is disconnected by redis-py itself (its
+    ``send_command`` / ``read_response`` do that) and reconnects on its next
+    command.
+    """
+
+    def __init__(self, pool: Any, size: int) -> None:
+        self._pool = pool
+        self._size = size
+        self._free: list[Any] = []
+        self._made: list[Any] = []
+
+    def take(self) -> Any:
+        """A free connection, a new one, or None when ``size`` are busy."""
+        if self._free:
+            return self._free.pop()
+        if len(self._made) >= self._size:
+            return None
+        connection = self._pool.make_connection()
+        self._made.append(connection)
+        return connection
+
+    def give(self, connection: Any) -> None:
+        self._free.append(connection)
+
+    async def close(self) -> None:
+        made, self._made, self._free = self._made, [], []
+        for connection in made:
+            with suppress(Exception):
+                await connection.disconnect()
 
 
 class _NeverRaised(Exception):
@@ -288,6 +389,10 @@ def _bounded_pool_class() -> type[Any]:
     # redis-py >= 5.3 raises MaxConnectionsError when the pool is exhausted;
     # older ones take the connection without an await after the check.
     exhausted: type[BaseException] = getattr(redis.exceptions, "MaxConnectionsError", _NeverRaised)
+    # redis-py < 5.3 requires a command name (unused) where newer ones
+    # deprecate passing one.
+    name = inspect.signature(ConnectionPool.get_connection).parameters.get("command_name")
+    needs_name = name is not None and name.default is inspect.Parameter.empty
 
     class BoundedConnectionPool(ConnectionPool):
         wait_timeout: float | None = 20.0
@@ -298,6 +403,8 @@ def _bounded_pool_class() -> type[Any]:
             self._waiting = 0
 
         async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            if needs_name and not args:
+                args = ("_",)
             deadline = None
             if self.wait_timeout is not None:
                 deadline = asyncio.get_running_loop().time() + self.wait_timeout
@@ -402,6 +509,7 @@ class RedisRotation(_RedisPort, Rotation):
         self, client: Redis | str | RedisConnection, *, prefix: str = DEFAULT_PREFIX
     ) -> None:
         super().__init__(client, prefix)
+        self._ring_keys: dict[str, str] = {}
 
     async def add(self, customer_type: str, executive_id: str) -> None:
         with _backend_errors("rotation add"):
@@ -412,9 +520,13 @@ class RedisRotation(_RedisPort, Rotation):
             await self.client.lrem(self.keys.rotation(customer_type), 0, executive_id)
 
     async def next(self, customer_type: str) -> str | None:
-        key = self.keys.rotation(customer_type)
-        with _backend_errors("rotation next"):
-            head = await self.client.lmove(key, key, "LEFT", "RIGHT")
+        key = self._ring_keys.get(customer_type)
+        if key is None:
+            key = self._ring_keys[customer_type] = self.keys.rotation(customer_type)
+        try:  # (_backend_errors, inlined: this is the hot path)
+            head = await self.connection.command("LMOVE", key, key, "LEFT", "RIGHT")
+        except (_redis_error(), OSError) as exc:
+            raise BackendError(f"Redis rotation next failed: {exc}") from exc
         return None if head is None else _text(head)
 
     async def give_back(self, customer_type: str, executive_id: str) -> None:
@@ -628,6 +740,11 @@ return #ARGV - 1
 """A batch of events in one call, each its own PUBLISH (ARGV: channel, messages)."""
 
 
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _is_cluster(client: object) -> bool:
     from redis.asyncio.cluster import RedisCluster
 
@@ -667,7 +784,8 @@ class RedisEventPublisher(EventPublisher):
     keep up loses events, counted in :attr:`dropped`, instead of slowing
     anyone down) and queues it for Redis.  A background sender (an asyncio
     task started by :meth:`start`) sends the queue in batches: it lets
-    events gather for ``batch_delay`` seconds, then sends up to
+    events gather for ``batch_delay`` seconds (less when :meth:`flush` is
+    called or ``batch_size`` events wait), then sends up to
     ``batch_size`` of them in one round trip, in publish order, on the
     channel ``{prefix}:events``: :meth:`Event.to_json` as JSON with this
     publisher's :attr:`origin` as first field.  A batch is one ``EVAL`` of
@@ -715,7 +833,7 @@ class RedisEventPublisher(EventPublisher):
         reconnect_max_delay: float = 2.0,
         queue_size: int = 10_000,
         batch_size: int = 500,
-        batch_delay: float = 0.005,
+        batch_delay: float = 0.02,
         flush_timeout: float = 5.0,
     ) -> None:
         if queue_size < 1 or batch_size < 1:
@@ -752,6 +870,7 @@ class RedisEventPublisher(EventPublisher):
         self._batch: list[tuple[int, str]] = []
         self._queued = 0
         self._wake: asyncio.Event | None = None
+        self._gathering: asyncio.Future[None] | None = None
         self._idle = False
         self._batch_sent = 0
         self._script_batches = True
@@ -948,6 +1067,8 @@ class RedisEventPublisher(EventPublisher):
             self._dropped_oldest(1)
         queue.append((self._queued, data))
         self._queued += 1
+        if len(queue) >= self.batch_size:
+            self._hurry()
         if self._idle:
             self._idle = False
             assert self._wake is not None
@@ -965,6 +1086,24 @@ class RedisEventPublisher(EventPublisher):
         if self._waiters:
             self._wake_waiters()
 
+    async def _gather_batch(self) -> None:
+        """Let events gather for ``batch_delay`` seconds; cut short by a
+        flush or a full batch (see :meth:`_hurry`)."""
+        loop = asyncio.get_running_loop()
+        gathering = self._gathering = loop.create_future()
+        timer = loop.call_later(self.batch_delay, _settle, gathering)
+        try:
+            await gathering
+        finally:
+            timer.cancel()
+            self._gathering = None
+
+    def _hurry(self) -> None:
+        """End the sender's gathering now (someone waits, or a batch is full)."""
+        gathering = self._gathering
+        if gathering is not None:
+            _settle(gathering)
+
     async def _send(self) -> None:
         """The sender task: the queue to Redis, a pipeline a batch, in order."""
         wake = self._wake
@@ -976,8 +1115,8 @@ class RedisEventPublisher(EventPublisher):
                 wake.clear()
                 self._idle = True
                 await wake.wait()
-            if self.batch_delay and len(queue) < self.batch_size:
-                await asyncio.sleep(self.batch_delay)  # let a batch gather
+            if self.batch_delay and len(queue) < self.batch_size and not self._waiters:
+                await self._gather_batch()
             batch = self._batch = [queue.popleft() for _ in range(min(len(queue), self.batch_size))]
             self._batch_sent = 0
             try:
@@ -1030,7 +1169,9 @@ class RedisEventPublisher(EventPublisher):
             from redis.exceptions import ResponseError
 
             try:
-                await client.eval(_PUBLISH_ALL, 0, self.channel, *[data for _, data in batch])
+                await self.connection.command(
+                    "EVAL", _PUBLISH_ALL, 0, self.channel, *[data for _, data in batch]
+                )
                 return
             except ResponseError as exc:  # scripting refused (ACL...): pipelines from now on
                 self._script_batches = False
@@ -1070,6 +1211,7 @@ class RedisEventPublisher(EventPublisher):
             raise RuntimeError("start the RedisEventPublisher (start the desk) to send its events")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((target, future))
+        self._hurry()
         await future
 
     async def flush(self) -> None:

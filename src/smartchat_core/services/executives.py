@@ -260,9 +260,10 @@ class ExecutiveService(Service):
                 continue
             # The write, its check and its undo go together: a cancellation
             # (or a failing check) must not leave an unchecked pick behind.
+            now = self.now()
             with anyio.CancelScope(shield=True):
                 result = await chats.assign(
-                    chat.id, candidate, expected_from=expected_from, now=self.now()
+                    chat.id, candidate, expected_from=expected_from, now=now
                 )
                 if result.outcome is not AssignOutcome.ASSIGNED or result.chat is None:
                     # Someone else took or closed the chat: this pick assigned
@@ -281,10 +282,10 @@ class ExecutiveService(Service):
                     undone = await chats.undo_assign(assigned, previous)
             if verdict is _Verdict.OK:
                 if expected_from is None:
-                    await self.publish(events.chat_assigned(assigned, self.now()))
+                    await self.publish(events.chat_assigned(assigned, now))
                 else:
                     await self.publish(
-                        events.chat_reassigned(assigned, expected_from, candidate, self.now())
+                        events.chat_reassigned(assigned, expected_from, candidate, now)
                     )
                 return assigned
             if not undone.changed:
