@@ -13,7 +13,7 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -485,19 +485,30 @@ async def test_the_wire_form_carries_the_origin(clients: Clients) -> None:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-async def test_events_keep_their_order_over_many_batches(clients: Clients) -> None:
-    prefix = unique_prefix("order")
-    publisher = RedisEventPublisher(clients.new(), prefix=prefix, batch_size=7, batch_delay=0)
+@asynccontextmanager
+async def _publisher_and_dashboard(
+    clients: Clients, label: str, **options: Any
+) -> AsyncIterator[tuple[RedisEventPublisher, AsyncIterator[Event]]]:
+    """A started publisher (``options``), and the dashboard events another
+    process (publisher) on the same prefix receives."""
+    prefix = unique_prefix(label)
+    publisher = RedisEventPublisher(clients.new(), prefix=prefix, **options)
     receiver = RedisEventPublisher(clients.new(), prefix=prefix)
     async with AsyncExitStack() as stack:
         for started in (receiver, publisher):
             await started.start(stack)
         async with receiver.subscribe({"dashboard"}) as events:
-            for n in range(200):
-                await publisher.publish(_event("e", "dashboard", n=n))
-                if n % 50 == 0:
-                    await anyio.lowlevel.checkpoint()  # the sender runs in between
-            assert [(await _next(events)).payload["n"] for _ in range(200)] == list(range(200))
+            yield publisher, events
+
+
+async def test_events_keep_their_order_over_many_batches(clients: Clients) -> None:
+    options = {"batch_size": 7, "batch_delay": 0}
+    async with _publisher_and_dashboard(clients, "order", **options) as (publisher, events):
+        for n in range(200):
+            await publisher.publish(_event("e", "dashboard", n=n))
+            if n % 50 == 0:
+                await anyio.lowlevel.checkpoint()  # the sender runs in between
+        assert [(await _next(events)).payload["n"] for _ in range(200)] == list(range(200))
     assert publisher.sent == 200
     assert publisher.batches >= 200 // 7
 
@@ -1123,15 +1134,10 @@ async def test_flush_does_not_wait_for_the_batch_delay(clients: Clients) -> None
 
 async def test_a_full_batch_goes_out_without_waiting(clients: Clients) -> None:
     """``batch_size`` events queued end the gathering at once."""
-    prefix = unique_prefix("full")
-    publisher = RedisEventPublisher(clients.new(), prefix=prefix, batch_size=5, batch_delay=60)
-    receiver = RedisEventPublisher(clients.new(), prefix=prefix)
-    async with AsyncExitStack() as stack:
-        for started in (receiver, publisher):
-            await started.start(stack)
-        async with receiver.subscribe({"dashboard"}) as events:
-            for n in range(5):
-                await publisher.publish(_event("e", "dashboard", n=n))
-                await anyio.lowlevel.checkpoint()
-            assert [(await _next(events)).payload["n"] for _ in range(5)] == list(range(5))
-            assert publisher.batches == 1
+    options = {"batch_size": 5, "batch_delay": 60}
+    async with _publisher_and_dashboard(clients, "full", **options) as (publisher, events):
+        for n in range(5):
+            await publisher.publish(_event("e", "dashboard", n=n))
+            await anyio.lowlevel.checkpoint()
+        assert [(await _next(events)).payload["n"] for _ in range(5)] == list(range(5))
+        assert publisher.batches == 1
