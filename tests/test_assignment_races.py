@@ -6,11 +6,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from typing import Any
 
+import anyio
+import attrs
 import pytest
 
-from smartchat_core import AsyncSmartChat, BackendError, Chat, ExecutiveCounters
-from smartchat_core.testing import ManualClock
+from smartchat_core import (
+    AsyncSmartChat,
+    BackendError,
+    Chat,
+    ExecutiveCounters,
+    ExecutiveStatus,
+    Settings,
+)
+from smartchat_core.adapters.memory import MemoryChatStore, memory_ports
+from smartchat_core.services._base import in_process
+from smartchat_core.testing import ManualClock, RecordingSender
 
 pytestmark = pytest.mark.anyio
 
@@ -78,3 +90,62 @@ async def test_room_freed_while_a_pick_stood_is_used(monkeypatch: pytest.MonkeyP
         assert third.assigned_executive_id == "e1"
         assert (await desk.get_chat(third.id)).assigned_executive_id == "e1"
         assert (await desk.get_counters()).unassigned == 0
+
+
+class _ReplyInFlight:
+    """A chat store whose ``assign`` writes at once but answers when told
+    (a remote store's reply in flight): a cancellation can land in between."""
+
+    def __init__(self, inner: MemoryChatStore) -> None:
+        self.inner = inner
+        self.written = anyio.Event()
+        self.reply = anyio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def assign(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self.inner.assign(*args, **kwargs)
+        self.written.set()
+        await self.reply.wait()
+        return result
+
+
+async def test_a_cancelled_assignment_still_checks_its_pick() -> None:
+    """The caller is cancelled while the write's reply is in flight, and the
+    executive left meanwhile: the check still runs (shielded) and takes the
+    pick back, instead of leaving the chat with an offline executive."""
+    clock = ManualClock(T0)
+    ports = memory_ports(Settings(), clock, RecordingSender())
+    store = ports.chats
+    assert isinstance(store, MemoryChatStore)
+    slow = _ReplyInFlight(store)
+    async with AsyncSmartChat(attrs.evolve(ports, chats=slow)) as desk:  # type: ignore[arg-type]
+        await desk.register_executive("e1", name="A", customer_types={"retail"})
+        chat = await _message(desk, 1)  # nobody online: it waits
+        # e1 comes online in the stores only (no drain), so the assignment
+        # below is the one to pick it.
+        await ports.executives.set_status("e1", ExecutiveStatus.ONLINE, now=clock.now())
+        await ports.rotation.add("retail", "e1")
+        async with anyio.create_task_group() as group:
+            group.start_soon(desk.assign_chat_round_robin, chat.id)
+            await slow.written.wait()  # the chat stands with e1, unchecked
+            # e1 leaves (its release ran before our write landed) ...
+            await ports.executives.set_status("e1", ExecutiveStatus.OFFLINE, now=clock.now())
+            group.cancel_scope.cancel()  # ... and the caller gives up
+            slow.reply.set()
+        after = await store.get(chat.id)
+        assert after is not None and after.is_waiting, after
+        assert (await desk.get_counters()).unassigned == 1
+
+
+def test_only_the_exact_in_memory_stores_go_unshielded() -> None:
+    class Subclass(MemoryChatStore):
+        pass
+
+    store = MemoryChatStore()
+    assert in_process(
+        store, memory_ports(Settings(), ManualClock(T0), RecordingSender()).executives
+    )
+    assert not in_process(Subclass())
+    assert not in_process(_ReplyInFlight(store))

@@ -1105,6 +1105,39 @@ async def test_the_lane_is_bounded_and_the_rest_use_the_pool(redis_server: Redis
         assert await _clients_named(admin, name) == []  # the lane and the pool closed
 
 
+async def test_a_lane_command_times_out_as_the_client_does(redis_server: RedisServer) -> None:
+    """The pool's ``socket_timeout`` bounds a lane round trip: a command
+    Redis holds (``CLIENT PAUSE ... WRITE``) fails with redis-py's
+    TimeoutError (a BackendError through the ports), and the lane works
+    again once Redis answers; the held commands left with their dropped
+    connections and never ran."""
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    admin = _real_client(redis_server.url)
+    key = f"lane-{uuid.uuid4().hex}"
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(admin.aclose)
+        connection = RedisConnection(
+            redis_server.url, socket_timeout=0.2, retry=AsyncRetry(NoBackoff(), 0)
+        )
+        await connection.start(stack)
+        rotation = RedisRotation(connection, prefix=unique_prefix("lane"))
+        await rotation.replace("retail", ["a", "b"])
+        assert await rotation.next("retail") == "a"
+        await admin.execute_command("CLIENT", "PAUSE", GUARD * 1000, "WRITE")
+        try:
+            with anyio.fail_after(GUARD), pytest.raises(RedisTimeoutError):
+                await connection.command("RPUSH", key, "x", repeated=True)
+            with anyio.fail_after(GUARD), pytest.raises(BackendError, match="rotation next"):
+                await rotation.next("retail")
+        finally:
+            await admin.execute_command("CLIENT", "UNPAUSE")
+        assert await rotation.next("retail") == "b"
+        # the timed-out connections were dropped, so the held commands died with them
+        assert await connection.command("LRANGE", key, 0, -1) == []
+        assert await rotation.members("retail") == ["a", "b"]
+
+
 async def test_a_ready_made_client_is_used_as_it_is(redis_server: RedisServer) -> None:
     """No lane for a client the caller built: its pool is the only one."""
     client = _real_client(redis_server.url)

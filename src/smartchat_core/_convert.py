@@ -11,7 +11,7 @@ import cattrs
 
 from ._models import Chat
 
-__all__ = ["json_converter", "to_json"]
+__all__ = ["chat_to_json", "isoformat", "json_converter", "to_json"]
 
 _ISO_MEMO_SIZE = 256
 _iso_memo: dict[int, tuple[datetime, str]] = {}
@@ -47,7 +47,7 @@ def _iso_or_none(value: datetime | None) -> str | None:
     return None if value is None else isoformat(value)
 
 
-def _chat_to_json(chat: Chat) -> dict[str, Any]:
+def chat_to_json(chat: Chat) -> dict[str, Any]:
     """A chat as the converter unstructures any model, written out: every
     event of the assignment path carries a chat, and cattrs' generated
     function (a hook call per optional field) costs twice this.
@@ -76,7 +76,7 @@ def _chat_to_json(chat: Chat) -> dict[str, Any]:
     }
 
 
-json_converter.register_unstructure_hook(Chat, _chat_to_json)
+json_converter.register_unstructure_hook(Chat, chat_to_json)
 
 
 def to_json(obj: object) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from ._convert import isoformat, to_json
+from ._convert import chat_to_json, isoformat, to_json
 from ._models import Chat, Executive, ExecutiveStatus, Rating
 
 __all__ = [
@@ -94,16 +94,16 @@ class Event:
 
 
 def _rooms(chat: Chat, *executive_ids: str | None, dashboard: bool = True) -> frozenset[str]:
-    rooms = {chat_room(chat.id)}
+    rooms = [chat_room(chat.id)]
     if dashboard:
-        rooms.add(DASHBOARD)
-    rooms.update(executive_room(e) for e in executive_ids if e)
+        rooms.append(DASHBOARD)
+    for executive_id in executive_ids:
+        if executive_id:
+            rooms.append(executive_room(executive_id))
     return frozenset(rooms)
 
 
-def _chat(chat: Chat) -> dict[str, Any]:
-    data: dict[str, Any] = to_json(chat)
-    return data
+_chat = chat_to_json
 
 
 def chat_assigned(chat: Chat, at: datetime) -> Event:

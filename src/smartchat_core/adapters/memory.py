@@ -58,7 +58,7 @@ from ..abc import (
     Rotation,
     StatusChange,
 )
-from ..services._base import Ports
+from ..services._base import Ports, in_process_port
 from . import _rules as rules
 
 __all__ = [
@@ -111,6 +111,7 @@ def _listing_keys(chat: Chat) -> list[_IndexKey]:
     return keys
 
 
+@in_process_port
 class MemoryChatStore(ChatStore):
     """Chats in a dict, with sorted indexes for every hot query."""
 
@@ -441,6 +442,7 @@ def _update(index: SortedList, entry: tuple[float, str], sign: int) -> None:
 # ----------------------------------------------------------------------- executives
 
 
+@in_process_port
 class MemoryExecutiveStore(ExecutiveStore):
     """Executives in a dict; online/away executives sorted by last activity."""
 

@@ -279,7 +279,7 @@ class RedisConnection:
         self._started = True
         exit_stack.callback(setattr, self, "_started", False)
 
-    async def command(self, *args: Any) -> Any:
+    async def command(self, *args: Any, repeated: bool = False) -> Any:
         """One command of the hot path (the rotation's ``LMOVE``, the
         publisher's batches), for commands whose reply redis-py passes
         through unchanged (no response callback).
@@ -288,8 +288,10 @@ class RedisConnection:
         this object's own (see :class:`_Lane`), past the client's and the
         pool's bookkeeping, or, every lane connection being busy, on a
         connection of the pool; a ready-made client (cluster or not) runs
-        it with ``execute_command``.  Driver errors are raised as they are
-        (callers translate them to :class:`BackendError`).
+        it with ``execute_command``.  ``repeated``: the same arguments come
+        again and again (``LMOVE`` of one ring): the lane packs them once.
+        Driver errors are raised as they are (callers translate them to
+        :class:`BackendError`).
         """
         lane = self._lane
         if lane is None:
@@ -297,13 +299,13 @@ class RedisConnection:
         connection = lane.take()
         if connection is not None:
             try:
-                return await _command_on(connection, args)
+                return await lane.run(connection, args, repeated)
             finally:
                 lane.give(connection)
         pool = self.client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            return await _command_on(connection, args)
+            return await _command_on(connection, args, None)
         finally:
             await pool.release(connection)
 
@@ -311,17 +313,28 @@ class RedisConnection:
 _LANE_SIZE = 4
 """Connections of a :class:`_Lane` at most."""
 
+_PACKED_MEMO_SIZE = 256
 
-async def _command_on(connection: Any, args: Sequence[Any]) -> Any:
-    """Send one command on a connection and read its reply, under the
-    connection's retry policy (as ``Redis.execute_command`` does)."""
+_deadline: Callable[[float], AbstractAsyncContextManager[None]] | None = getattr(
+    asyncio, "timeout", None
+)
+"""``asyncio.timeout`` (Python 3.11 and later)."""
+
+
+async def _command_on(connection: Any, args: Sequence[Any], packed: list[bytes] | None) -> Any:
+    """Send one command on a connection (``packed``: already packed) and
+    read its reply, under the connection's retry policy (as
+    ``Redis.execute_command`` does)."""
     return await connection.retry.call_with_retry(
-        lambda: _round_trip(connection, args), lambda _error: connection.disconnect()
+        lambda: _round_trip(connection, args, packed), lambda _error: connection.disconnect()
     )
 
 
-async def _round_trip(connection: Any, args: Sequence[Any]) -> Any:
-    await connection.send_command(*args)
+async def _round_trip(connection: Any, args: Sequence[Any], packed: list[bytes] | None) -> Any:
+    if packed is None:
+        await connection.send_command(*args)
+    else:
+        await connection.send_packed_command(packed)
     return await connection.read_response()
 
 
@@ -338,6 +351,12 @@ class _Lane:
     cancellation left half-used is disconnected by redis-py itself (its
     ``send_command`` / ``read_response`` do that) and reconnects on its next
     command.
+
+    The pool's ``socket_timeout`` bounds each round trip as a whole, under
+    one ``asyncio.timeout`` (Python 3.11 and later): redis-py puts each
+    write under ``asyncio.wait_for``, which on Python 3.11 starts a task per
+    command.  A round trip that outlasts it disconnects its connection and
+    raises redis-py's ``TimeoutError``, as the client does.
     """
 
     def __init__(self, pool: Any, size: int) -> None:
@@ -345,6 +364,19 @@ class _Lane:
         self._size = size
         self._free: list[Any] = []
         self._made: list[Any] = []
+        self._packed: dict[tuple[Any, ...], list[bytes]] = {}
+        self.timeout: float | None = None
+        """Seconds a round trip may take: the pool's ``socket_timeout``."""
+
+    def packed(self, connection: Any, args: tuple[Any, ...]) -> list[bytes]:
+        """``args`` packed for the wire, once (the lane's connections share
+        their pool's encoder); a few hundred commands remembered at most."""
+        packed = self._packed.get(args)
+        if packed is None:
+            if len(self._packed) >= _PACKED_MEMO_SIZE:
+                self._packed.clear()
+            packed = self._packed[args] = connection.pack_command(*args)
+        return packed
 
     def take(self) -> Any:
         """A free connection, a new one, or None when ``size`` are busy."""
@@ -353,8 +385,29 @@ class _Lane:
         if len(self._made) >= self._size:
             return None
         connection = self._pool.make_connection()
+        if _deadline is not None and connection.socket_timeout:
+            # The timeout moves from each write and read to the round trip
+            # (the connect timeout is a setting of its own, kept).
+            self.timeout = connection.socket_timeout
+            connection.socket_timeout = None
         self._made.append(connection)
         return connection
+
+    async def run(self, connection: Any, args: tuple[Any, ...], repeated: bool) -> Any:
+        """One command on a connection of this lane."""
+        packed = self.packed(connection, args) if repeated else None
+        if self.timeout is None or _deadline is None:
+            return await _command_on(connection, args, packed)
+        try:
+            async with _deadline(self.timeout):
+                return await _command_on(connection, args, packed)
+        except TimeoutError as exc:
+            from redis.exceptions import TimeoutError as RedisTimeoutError
+
+            if isinstance(exc, RedisTimeoutError):
+                raise
+            # (redis-py disconnected the connection when the read was cut.)
+            raise RedisTimeoutError(f"no reply to {args[0]} within {self.timeout} s") from None
 
     def give(self, connection: Any) -> None:
         self._free.append(connection)
@@ -524,7 +577,7 @@ class RedisRotation(_RedisPort, Rotation):
         if key is None:
             key = self._ring_keys[customer_type] = self.keys.rotation(customer_type)
         try:  # (_backend_errors, inlined: this is the hot path)
-            head = await self.connection.command("LMOVE", key, key, "LEFT", "RIGHT")
+            head = await self.connection.command("LMOVE", key, key, "LEFT", "RIGHT", repeated=True)
         except (_redis_error(), OSError) as exc:
             raise BackendError(f"Redis rotation next failed: {exc}") from exc
         return None if head is None else _text(head)
@@ -711,21 +764,21 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_
 """One encoder for every message (``json.dumps`` with options builds one a call)."""
 
 
-def _stdlib_encode(document: object) -> str:
-    return _ENCODER.encode(document)
+def _stdlib_encode(document: object) -> bytes:
+    return _ENCODER.encode(document).encode()
 
 
-def _pick_encoder() -> Callable[[object], str]:
+def _pick_encoder() -> Callable[[object], bytes]:
     """orjson when it is installed (the ``redis`` extra brings it: about ten
-    times faster on an event), else the standard library; same JSON."""
+    times faster on an event), else the standard library; same JSON, UTF-8."""
     try:
         import orjson
     except ImportError:  # pragma: no cover - orjson is in the redis extra
         return _stdlib_encode
     dumps = orjson.dumps
 
-    def encode(document: object) -> str:
-        return dumps(document, default=_json).decode()
+    def encode(document: object) -> bytes:
+        return dumps(document, default=_json)
 
     return encode
 
@@ -866,8 +919,8 @@ class RedisEventPublisher(EventPublisher):
         self._sender: asyncio.Task[None] | None = None
         # (number, message): events numbered in publish order; the sender's
         # batch in flight came from the front of the queue.
-        self._queue: deque[tuple[int, str]] = deque()
-        self._batch: list[tuple[int, str]] = []
+        self._queue: deque[tuple[int, bytes]] = deque()
+        self._batch: list[tuple[int, bytes]] = []
         self._queued = 0
         self._wake: asyncio.Event | None = None
         self._gathering: asyncio.Future[None] | None = None
@@ -1060,7 +1113,7 @@ class RedisEventPublisher(EventPublisher):
                 pending.arrived.set()
 
     # ------------------------------------------------------------------- sender
-    def _enqueue(self, data: str) -> None:
+    def _enqueue(self, data: bytes) -> None:
         queue = self._queue
         if len(queue) >= self.queue_size:
             queue.popleft()
@@ -1155,7 +1208,7 @@ class RedisEventPublisher(EventPublisher):
             if self._waiters:
                 self._wake_waiters()
 
-    async def _send_batch(self, batch: list[tuple[int, str]]) -> None:
+    async def _send_batch(self, batch: list[tuple[int, bytes]]) -> None:
         client = self.connection.client
         if _is_cluster(client):
             # A cluster pipeline refuses PUBLISH: one command after the other.
@@ -1183,7 +1236,7 @@ class RedisEventPublisher(EventPublisher):
             pipe.publish(self.channel, data)
         await pipe.execute()
 
-    def _requeue(self, batch: list[tuple[int, str]]) -> None:
+    def _requeue(self, batch: list[tuple[int, bytes]]) -> None:
         """A batch cut short: count what went out, queue the rest first again."""
         done = self._batch_sent
         self.sent += done
@@ -1229,7 +1282,7 @@ class RedisEventPublisher(EventPublisher):
         """Deliver to this process's subscribers and queue for Redis; never
         waits for Redis and never raises for it (best-effort, see the class).
         A payload that is not JSON raises :class:`TypeError`."""
-        data = self._head + _encode(event.to_json())[1:]
+        data = self._head_bytes + _encode(event.to_json())[1:]
         if self._subscriptions:
             await self._local.publish(event)
         self._enqueue(data)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import TypeVar
 
 import attrs
 
@@ -24,6 +25,27 @@ from ..abc import (
 )
 
 logger = logging.getLogger("smartchat_core")
+
+_T = TypeVar("_T")
+_IN_PROCESS: set[type] = set()
+
+
+def in_process_port(cls: type[_T]) -> type[_T]:
+    """Mark a port class whose methods complete without suspending (they
+    await nothing, as the in-memory adapters): no cancellation can land
+    inside a call, so the services need no cancellation shield around it.
+
+    Only that exact class is marked: a subclass, or a wrapper around an
+    instance, is not (it may await), and gets the shield.
+    """
+    _IN_PROCESS.add(cls)
+    return cls
+
+
+def in_process(*ports: object) -> bool:
+    """Whether every one of these ports is of a class marked with
+    :func:`in_process_port`."""
+    return all(type(port) in _IN_PROCESS for port in ports)
 
 
 @attrs.frozen(kw_only=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Collection, Iterable, Sequence
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 
 import anyio
 import attrs
@@ -16,7 +16,7 @@ from .._errors import BackendError, ChatResolvedError
 from .._models import Chat, Executive, ExecutiveStatus
 from .._validation import choice, identifier, identifier_set, integer, text
 from ..abc import AssignOutcome
-from ._base import Ports, Service, logger
+from ._base import Ports, Service, in_process, logger
 
 _MAX_RING_WALK = 10_000
 _DRAIN_BATCH = 100
@@ -32,6 +32,9 @@ class _Verdict(enum.Enum):
     FULL = "full"
 
 
+_UNSHIELDED = nullcontext()
+
+
 class ExecutiveService(Service):
     """Registration, status, the rotation of each customer type, assignment."""
 
@@ -40,6 +43,10 @@ class ExecutiveService(Service):
         self._capacity_hints: dict[str, int | None] = {}
         """The last ``max_open_chats`` seen per executive (a shortcut to skip
         full executives; never the deciding check)."""
+        self._shield_picks = not in_process(ports.chats, ports.executives)
+        """Whether a pick's write, check and undo need a cancellation shield:
+        not when both stores complete their calls without suspending (the
+        in-memory ones), since no cancellation can land between them then."""
 
     # ------------------------------------------------------------ registration
     async def register_executive(
@@ -261,7 +268,7 @@ class ExecutiveService(Service):
             # The write, its check and its undo go together: a cancellation
             # (or a failing check) must not leave an unchecked pick behind.
             now = self.now()
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True) if self._shield_picks else _UNSHIELDED:
                 result = await chats.assign(
                     chat.id, candidate, expected_from=expected_from, now=now
                 )
