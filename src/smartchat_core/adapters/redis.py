@@ -401,12 +401,11 @@ class _Lane:
         try:
             async with _deadline(self.timeout):
                 return await _command_on(connection, args, packed)
-        except TimeoutError as exc:
+        except TimeoutError:
             from redis.exceptions import TimeoutError as RedisTimeoutError
 
-            if isinstance(exc, RedisTimeoutError):
-                raise
-            # (redis-py disconnected the connection when the read was cut.)
+            # (redis-py disconnected the connection when the deadline cut
+            # its write or read short.)
             raise RedisTimeoutError(f"no reply to {args[0]} within {self.timeout} s") from None
 
     def give(self, connection: Any) -> None:
