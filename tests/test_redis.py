@@ -1035,17 +1035,37 @@ async def test_the_lane_reconnects_after_its_connections_are_killed(
         assert [await rotation.next("retail") for _ in range(3)] == ["b", "c", "a"]
         assert await rotation.members("retail") == ["b", "c", "a"]
 
-        # Without retries (redis-py's default here) the command that meets
-        # the dead connection fails as a BackendError, and the next one
-        # reconnects: as the client's own commands do.
+        # Without retries too: a lane connection the server closed while it
+        # was idle is seen closed before the next command and reconnects
+        # first (as the pool checks its own connections).
         bare = RedisConnection(redis_server.url, client_name=name, retry=AsyncRetry(NoBackoff(), 0))
         await bare.start(stack)
         ring = RedisRotation(bare, prefix=rotation.keys.prefix)
         assert await ring.next("retail") == "b"
         await admin.client_kill_filter(_type="normal", skipme=True)
-        with pytest.raises(BackendError, match="rotation next"):
-            await ring.next("retail")
-        assert await ring.next("retail") == "c"
+        await _until_closed_seen(bare)
+        assert [await ring.next("retail") for _ in range(2)] == ["c", "a"]
+
+
+async def _until_closed_seen(connection: RedisConnection) -> None:
+    """Wait until this process has seen the server close every lane
+    connection (the end of the stream reached its reader)."""
+
+    async def seen() -> bool:
+        lane = connection._lane
+        assert lane is not None
+        for made in lane._made:
+            if made.is_connected:
+                try:
+                    if not await made.can_read():
+                        return False
+                except RedisError:
+                    pass  # closed
+        return True
+
+    with anyio.fail_after(GUARD):
+        while not await seen():  # noqa: ASYNC110 - the server's state, no event to await
+            await anyio.sleep(0.01)
 
 
 async def test_a_cancelled_lane_command_leaves_no_reply_behind(redis_server: RedisServer) -> None:
@@ -1138,6 +1158,77 @@ async def test_a_lane_command_times_out_as_the_client_does(redis_server: RedisSe
         assert await rotation.members("retail") == ["a", "b"]
 
 
+class _CountingBackoff(NoBackoff):
+    """No pause between attempts; counts the failed ones (on the class:
+    redis-py deep-copies the retry policy into each connection)."""
+
+    failures = 0
+
+    def compute(self, failures: int) -> float:
+        _CountingBackoff.failures = max(_CountingBackoff.failures, failures)
+        return 0
+
+
+async def test_a_lane_command_is_retried_as_the_client_would(redis_server: RedisServer) -> None:
+    """The timeout bounds each attempt, not the retries: with a retry policy
+    that retries timeouts, a command Redis holds for a while is tried again
+    until Redis answers, and runs once."""
+    _CountingBackoff.failures = 0
+    backoff = _CountingBackoff()
+    admin = _real_client(redis_server.url)
+    key = f"lane-{uuid.uuid4().hex}"
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(admin.aclose)
+        connection = RedisConnection(
+            redis_server.url, socket_timeout=0.2, retry=AsyncRetry(backoff, 10_000)
+        )
+        await connection.start(stack)
+        await connection.command("RPUSH", key, "a", "b")
+        await admin.execute_command("CLIENT", "PAUSE", GUARD * 1000, "WRITE")
+        async with anyio.create_task_group() as group:
+            replies: list[Any] = []
+
+            async def pick() -> None:
+                replies.append(await connection.command("LMOVE", key, key, "LEFT", "RIGHT"))
+
+            group.start_soon(pick)
+            try:
+                await _until(lambda: _CountingBackoff.failures >= 2)  # attempts timed out
+            finally:
+                await admin.execute_command("CLIENT", "UNPAUSE")
+        assert replies == [b"a"]
+        assert await connection.command("LRANGE", key, 0, -1) == [b"b", b"a"]  # moved once
+
+
+async def test_lane_sockets_are_closed_even_when_the_exit_is_cancelled(
+    redis_server: RedisServer,
+) -> None:
+    name = f"lane-{uuid.uuid4().hex[:8]}"
+    admin = _real_client(redis_server.url)
+    try:
+        with anyio.CancelScope() as scope:
+            async with AsyncExitStack() as stack:
+                connection = RedisConnection(redis_server.url, client_name=name)
+                await connection.start(stack)
+                async with anyio.create_task_group() as group:
+                    for _ in range(3):
+                        group.start_soon(connection.command, "ECHO", "x")
+                lane = connection._lane
+                assert lane is not None and len(lane._made) >= 2
+                scope.cancel()
+        clients: list[dict[str, Any]] = []
+
+        async def gone() -> bool:
+            clients[:] = await _clients_named(admin, name)
+            return not clients
+
+        with anyio.fail_after(GUARD):
+            while not await gone():  # noqa: ASYNC110 - the server's state, no event to await
+                await anyio.sleep(0.01)
+    finally:
+        await admin.aclose()
+
+
 async def test_a_ready_made_client_is_used_as_it_is(redis_server: RedisServer) -> None:
     """No lane for a client the caller built: its pool is the only one."""
     client = _real_client(redis_server.url)
@@ -1163,6 +1254,19 @@ async def test_flush_does_not_wait_for_the_batch_delay(clients: Clients) -> None
         await anyio.lowlevel.checkpoint()  # the sender starts gathering
         await _flush(publisher)
         assert (publisher.sent, publisher.batches) == (3, 1)
+
+
+async def test_a_full_queue_goes_out_without_waiting(clients: Clients) -> None:
+    """A queue smaller than a batch, full: the gathering ends at once
+    instead of dropping events while Redis is healthy."""
+    options = {"queue_size": 5, "batch_delay": 60}
+    async with _publisher_and_dashboard(clients, "small", **options) as (publisher, events):
+        for _ in range(3):
+            for n in range(5):
+                await publisher.publish(_event("e", "dashboard", n=n))
+                await anyio.lowlevel.checkpoint()  # the sender may run
+            assert [(await _next(events)).payload["n"] for _ in range(5)] == list(range(5))
+        assert (publisher.sent, publisher.queue_dropped) == (15, 0)
 
 
 async def test_a_full_batch_goes_out_without_waiting(clients: Clients) -> None:

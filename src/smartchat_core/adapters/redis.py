@@ -268,10 +268,11 @@ class RedisConnection:
 
             async def close() -> None:
                 self._client = self._lane = None
-                try:
-                    await lane.close()
-                finally:
-                    await client.aclose()
+                with anyio.CancelScope(shield=True):  # every socket, even when cancelled
+                    try:
+                        await lane.close()
+                    finally:
+                        await client.aclose()
 
             exit_stack.push_async_callback(close)
         with _backend_errors("PING"):
@@ -288,8 +289,9 @@ class RedisConnection:
         this object's own (see :class:`_Lane`), past the client's and the
         pool's bookkeeping, or, every lane connection being busy, on a
         connection of the pool; a ready-made client (cluster or not) runs
-        it with ``execute_command``.  ``repeated``: the same arguments come
-        again and again (``LMOVE`` of one ring): the lane packs them once.
+        it with ``execute_command``.  ``repeated``: the same arguments (text
+        and bytes) come again and again (``LMOVE`` of one ring): the lane
+        packs them once.
         Driver errors are raised as they are (callers translate them to
         :class:`BackendError`).
         """
@@ -336,6 +338,32 @@ async def _round_trip(connection: Any, args: Sequence[Any], packed: list[bytes] 
     else:
         await connection.send_packed_command(packed)
     return await connection.read_response()
+
+
+async def _bounded_round_trip(
+    connection: Any, args: Sequence[Any], packed: list[bytes] | None, seconds: float
+) -> Any:
+    assert _deadline is not None
+    try:
+        async with _deadline(seconds):
+            return await _round_trip(connection, args, packed)
+    except TimeoutError:
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        # (redis-py disconnected the connection when the deadline cut its
+        # write or read short: a late reply cannot be read by the next one.)
+        raise RedisTimeoutError(f"no reply to {args[0]} within {seconds} s") from None
+
+
+async def _closed_or_dirty(connection: Any) -> bool:
+    """Whether an idle connection has something to read: the server closed
+    it, or bytes are waiting that no command asked for (the check the pool
+    makes before handing a connection out)."""
+    can_read = getattr(connection, "can_read", None) or connection.can_read_destructive
+    try:
+        return bool(await can_read())
+    except (_redis_error(), OSError):
+        return True
 
 
 class _Lane:
@@ -394,19 +422,20 @@ class _Lane:
         return connection
 
     async def run(self, connection: Any, args: tuple[Any, ...], repeated: bool) -> Any:
-        """One command on a connection of this lane."""
+        """One command on a connection of this lane, under the connection's
+        retry policy; the timeout bounds each attempt."""
         packed = self.packed(connection, args) if repeated else None
-        if self.timeout is None or _deadline is None:
+        if connection.is_connected and await _closed_or_dirty(connection):
+            # Closed by the server while idle (its timeout, CLIENT KILL, a
+            # restart): reconnect before sending, as the pool does.
+            await connection.disconnect()
+        timeout = self.timeout
+        if timeout is None or _deadline is None:
             return await _command_on(connection, args, packed)
-        try:
-            async with _deadline(self.timeout):
-                return await _command_on(connection, args, packed)
-        except TimeoutError:
-            from redis.exceptions import TimeoutError as RedisTimeoutError
-
-            # (redis-py disconnected the connection when the deadline cut
-            # its write or read short.)
-            raise RedisTimeoutError(f"no reply to {args[0]} within {self.timeout} s") from None
+        return await connection.retry.call_with_retry(
+            lambda: _bounded_round_trip(connection, args, packed, timeout),
+            lambda _error: connection.disconnect(),
+        )
 
     def give(self, connection: Any) -> None:
         self._free.append(connection)
@@ -415,7 +444,7 @@ class _Lane:
         made, self._made, self._free = self._made, [], []
         for connection in made:
             with suppress(Exception):
-                await connection.disconnect()
+                await connection.disconnect(nowait=True)
 
 
 class _NeverRaised(Exception):
@@ -1119,7 +1148,7 @@ class RedisEventPublisher(EventPublisher):
             self._dropped_oldest(1)
         queue.append((self._queued, data))
         self._queued += 1
-        if len(queue) >= self.batch_size:
+        if len(queue) >= self.batch_size or len(queue) >= self.queue_size:
             self._hurry()
         if self._idle:
             self._idle = False

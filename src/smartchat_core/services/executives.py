@@ -267,6 +267,9 @@ class ExecutiveService(Service):
                 continue
             # The write, its check and its undo go together: a cancellation
             # (or a failing check) must not leave an unchecked pick behind.
+            # (Unshielded with in-process stores, only the rotation's
+            # give_back below can be interrupted: that costs fairness, not
+            # consistency.)
             now = self.now()
             with anyio.CancelScope(shield=True) if self._shield_picks else _UNSHIELDED:
                 result = await chats.assign(
