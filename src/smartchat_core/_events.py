@@ -103,11 +103,12 @@ def _rooms(chat: Chat, *executive_ids: str | None, dashboard: bool = True) -> fr
     return frozenset(rooms)
 
 
-_chat = chat_to_json
-
-
 def chat_assigned(chat: Chat, at: datetime) -> Event:
-    payload = {"chat_id": chat.id, "executive_id": chat.assigned_executive_id, "chat": _chat(chat)}
+    payload = {
+        "chat_id": chat.id,
+        "executive_id": chat.assigned_executive_id,
+        "chat": chat_to_json(chat),
+    }
     return Event(CHAT_ASSIGNED, payload, _rooms(chat, chat.assigned_executive_id), at)
 
 
@@ -116,7 +117,7 @@ def chat_reassigned(chat: Chat, from_id: str, to_id: str | None, at: datetime) -
         "chat_id": chat.id,
         "from_executive_id": from_id,
         "to_executive_id": to_id,
-        "chat": _chat(chat),
+        "chat": chat_to_json(chat),
     }
     return Event(CHAT_REASSIGNED, payload, _rooms(chat, from_id, to_id), at)
 
@@ -155,7 +156,7 @@ def sla_alert(
 
 
 def chat_resolved(chat: Chat, executive_id: str | None, at: datetime) -> Event:
-    payload = {"chat_id": chat.id, "executive_id": executive_id, "chat": _chat(chat)}
+    payload = {"chat_id": chat.id, "executive_id": executive_id, "chat": chat_to_json(chat)}
     return Event(CHAT_RESOLVED, payload, _rooms(chat, executive_id), at)
 
 
@@ -176,7 +177,7 @@ def chat_message(
         "direction": direction,
         "text": text,
         "executive_id": executive_id,
-        "chat": _chat(chat),
+        "chat": chat_to_json(chat),
     }
     return Event(CHAT_MESSAGE, payload, _rooms(chat, chat.assigned_executive_id), at)
 

@@ -81,12 +81,11 @@ import json
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import (
     AbstractAsyncContextManager,
     AsyncExitStack,
     asynccontextmanager,
-    contextmanager,
     suppress,
 )
 from datetime import datetime, timedelta, timezone
@@ -135,13 +134,26 @@ def _redis_error() -> type[Exception]:
     return RedisError
 
 
-@contextmanager
-def _backend_errors(what: str) -> Iterator[None]:
-    """Translate driver failures into :class:`BackendError`."""
-    try:
-        yield
-    except (_redis_error(), OSError) as exc:
-        raise BackendError(f"Redis {what} failed: {exc}") from exc
+class _backend_errors:
+    """Translate driver failures into :class:`BackendError`.
+
+    A plain class, not ``@contextmanager``: it wraps every Redis call,
+    the rotation's ``LMOVE`` on the assignment path among them, and a
+    generator-based context manager costs several times more."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: Any
+    ) -> None:
+        if exc is not None and isinstance(exc, (_redis_error(), OSError)):
+            raise BackendError(f"Redis {self.what} failed: {exc}") from exc
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop:
@@ -604,10 +616,8 @@ class RedisRotation(_RedisPort, Rotation):
         key = self._ring_keys.get(customer_type)
         if key is None:
             key = self._ring_keys[customer_type] = self.keys.rotation(customer_type)
-        try:  # (_backend_errors, inlined: this is the hot path)
+        with _backend_errors("rotation next"):
             head = await self.connection.command("LMOVE", key, key, "LEFT", "RIGHT", repeated=True)
-        except (_redis_error(), OSError) as exc:
-            raise BackendError(f"Redis rotation next failed: {exc}") from exc
         return None if head is None else _text(head)
 
     async def give_back(self, customer_type: str, executive_id: str) -> None:

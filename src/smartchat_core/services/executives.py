@@ -369,13 +369,13 @@ class ExecutiveService(Service):
         limit = self._capacity_hints.get(executive_id)
         if limit is None:
             return False
-        held = (await self.ports.chats.executive_counters([executive_id]))[executive_id]
-        if held.open_chats < limit:
+        held = await self._open_chats(executive_id)
+        if held < limit:
             return False
         executive = await self.ports.executives.get(executive_id)
         limit = None if executive is None else executive.max_open_chats
         self._capacity_hints[executive_id] = limit
-        return limit is not None and held.open_chats >= limit
+        return limit is not None and held >= limit
 
     async def _drop_from_ring(self, customer_type: str, executive_id: str) -> None:
         """Take an executive that failed the check out of the ring; if it
@@ -394,8 +394,10 @@ class ExecutiveService(Service):
         limit = self._capacity_hints.get(executive_id)
         if limit is None:
             return False
-        held = (await self.ports.chats.executive_counters([executive_id]))[executive_id]
-        return held.open_chats < limit
+        return await self._open_chats(executive_id) < limit
+
+    async def _open_chats(self, executive_id: str) -> int:
+        return (await self.ports.chats.executive_counters([executive_id]))[executive_id].open_chats
 
     async def _check(
         self, executive_id: str, customer_type: str, expected_from: str | None
@@ -413,8 +415,7 @@ class ExecutiveService(Service):
         self._capacity_hints[executive_id] = limit
         if limit is None or executive_id == expected_from:
             return _Verdict.OK
-        counters = await self.ports.chats.executive_counters([executive_id])
-        return _Verdict.OK if counters[executive_id].open_chats <= limit else _Verdict.FULL
+        return _Verdict.OK if await self._open_chats(executive_id) <= limit else _Verdict.FULL
 
     async def _reassign(self, chat: Chat, from_executive: str) -> Chat:
         return await self._assign(
